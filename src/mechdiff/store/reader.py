@@ -1,0 +1,156 @@
+"""Reading mechdiff results files back: typed parts over the HDF5 groups."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from mechdiff.errors import InputError
+from mechdiff.store.schema import MAGIC_ATTR, SCHEMA_VERSION, decode_structured, from_attr
+
+_PART_CLASSES: dict[str, type[Part]] = {}
+
+
+def register_part(name: str, cls: type[Part]) -> None:
+    """Make ``Results.part(name)`` return an instance of ``cls`` (a Part subclass)."""
+    _PART_CLASSES[name] = cls
+
+
+class Part:
+    """One analysis group of a results file (``/weights``, ``/crosscoder``, ...)."""
+
+    def __init__(self, results: Results, name: str, group: h5py.Group) -> None:
+        self.results = results
+        self.name = name
+        self.group = group
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return {key: from_attr(value) for key, value in self.group.attrs.items()}
+
+    def keys(self) -> list[str]:
+        return list(self.group.keys())
+
+    def table(self, name: str) -> np.ndarray:
+        """A table as a numpy structured array with ``str`` columns decoded."""
+        return decode_structured(self._dataset(name)[()])
+
+    def array(self, name: str) -> h5py.Dataset:
+        """A big array, lazily: slice it or ``np.asarray`` it to read."""
+        return self._dataset(name)
+
+    def to_pandas(self, name: str) -> Any:
+        """A table as a pandas DataFrame (needs pandas)."""
+        try:
+            import pandas as pd
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise InputError("to_pandas() needs pandas: pip install pandas") from exc
+        table = self.table(name)
+        return pd.DataFrame({col: _column_for_pandas(table[col]) for col in table.dtype.names})
+
+    def _dataset(self, name: str) -> h5py.Dataset:
+        if name not in self.group:
+            raise KeyError(f"/{self.name} has no '{name}'; it has: {', '.join(self.keys())}")
+        return self.group[name]
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} /{self.name}: {', '.join(self.keys())}>"
+
+
+def _column_for_pandas(column: np.ndarray) -> Any:
+    return list(column) if column.ndim > 1 else column
+
+
+class Results:
+    """An open mechdiff results file. Use as a context manager or call ``close()``."""
+
+    def __init__(self, path: Path, file: h5py.File) -> None:
+        self.path = path
+        self.file = file
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return {key: from_attr(value) for key, value in self.file.attrs.items()}
+
+    @property
+    def parts(self) -> list[str]:
+        return [name for name in self.file.keys() if isinstance(self.file[name], h5py.Group)]
+
+    def part(self, name: str) -> Part:
+        if name not in self.file:
+            have = ", ".join(self.parts) or "nothing"
+            raise KeyError(f"{self.path} has no /{name} results (it has: {have})")
+        cls = _PART_CLASSES.get(name, Part)
+        return cls(self, name, self.file[name])
+
+    def __getattr__(self, name: str) -> Part:
+        if name in ("weights", "heads", "crosscoder", "components", "audit"):
+            return self.part(name)
+        raise AttributeError(name)
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self) -> Results:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Results {self.path}: {', '.join(self.parts)}>"
+
+
+def open_results(path: str | os.PathLike) -> Results:
+    """Open a results file written by mechdiff.
+
+    Args:
+        path: an ``.h5`` file written by ``mechdiff diff/crosscoder/decompose/audit``.
+
+    Returns:
+        A :class:`Results` whose parts expose tables as structured arrays.
+
+    Raises:
+        InputError: the file is missing, truncated, not HDF5, not a mechdiff
+            file, or written by a newer mechdiff schema.
+    """
+    _register_builtin_parts()
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"results file {path} does not exist")
+    try:
+        file = h5py.File(p, "r")
+    except OSError as exc:
+        raise InputError(f"{path} is not a readable HDF5 file (truncated or corrupt?): {exc}") from exc
+    try:
+        _check_header(p, file)
+    except InputError:
+        file.close()
+        raise
+    return Results(p, file)
+
+
+def _check_header(path: Path, file: h5py.File) -> None:
+    if MAGIC_ATTR not in file.attrs:
+        raise InputError(f"{path} is an HDF5 file but not a mechdiff results file")
+    version = int(from_attr(file.attrs.get("schema_version", -1)))
+    if version > SCHEMA_VERSION:
+        raise InputError(
+            f"{path} uses results schema {version}, newer than this mechdiff understands "
+            f"({SCHEMA_VERSION}); upgrade mechdiff to read it"
+        )
+
+
+def _register_builtin_parts() -> None:
+    """Import the modules that register specialised parts (lazily, never at import)."""
+    import importlib
+
+    for module in ("mechdiff.diffing.crosscoder_store", "mechdiff.weightdecomp.components_store"):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            continue
