@@ -1,0 +1,112 @@
+"""The `mechdiff` command line: each command is a thin shell over one library call."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from mechdiff.errors import MechdiffError
+
+EXIT_USAGE, EXIT_INPUT, EXIT_INTERRUPTED = 2, 3, 130
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"mechdiff: error: {message}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn every failure into one line on stderr and the exit code DESIGN.md promises."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        debug = click.get_current_context().find_root().params.get("debug", False)
+        try:
+            return fn(*args, **kwargs)
+        except MechdiffError as exc:
+            if debug:
+                raise
+            _fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            _fail("interrupted; no results were written", EXIT_INTERRUPTED)
+        except (OSError, MemoryError) as exc:
+            if debug:
+                raise
+            _fail(f"{type(exc).__name__}: {exc}", EXIT_INPUT)
+        except Exception as exc:  # a bug: still one line, the traceback behind --debug
+            if debug:
+                raise
+            _fail(f"internal error ({type(exc).__name__}: {exc}); rerun with --debug and report it", EXIT_INPUT)
+
+    return wrapper
+
+
+def emit_json(document: dict) -> None:
+    click.echo(json.dumps(document, indent=2, default=str))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.version_option(package_name="mechdiff")
+def main(debug: bool) -> None:
+    """Find the mechanisms that changed between a base checkpoint and its fine-tune."""
+
+
+@main.command()
+@click.argument("base", type=click.Path())
+@click.argument("ft", type=click.Path(), required=False)
+@click.option("-o", "--out", type=click.Path(), help="Results file (HDF5) to write.")
+@click.option("--adapter", type=click.Path(), help="PEFT LoRA adapter folder: FT = BASE + adapter.")
+@click.option("--rank", "k", type=click.IntRange(1, 4096), default=32, show_default=True,
+              help="Singular triplets computed per matrix.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--top", type=click.IntRange(1), default=None, help="Rows shown (default 15) / emitted (default all).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@handle_errors
+def diff(base: str, ft: str | None, out: str | None, adapter: str | None, k: int, device: str, top: int | None,
+         as_json: bool, no_progress: bool) -> None:
+    """Data-free weight diff of BASE and FT (or BASE and --adapter)."""
+    from mechdiff.api import diff_checkpoints
+    from mechdiff.diffing.weights import DiffConfig
+    from mechdiff.weightdecomp.spectral import SpectralConfig
+
+    if (ft is None) == (adapter is None):
+        raise click.UsageError("give either FT or --adapter DIR (not both, not neither)")
+    config = DiffConfig(spectral=SpectralConfig(k=k, k_max=max(256, k)), device=device)
+    result = diff_checkpoints(base, ft, adapter=adapter, out=out, config=config, progress=not no_progress)
+    _print_weight_diff(result, top, as_json)
+
+
+def _print_weight_diff(result: Any, top: int | None, as_json: bool) -> None:
+    from mechdiff.report.terminal import render_weight_diff
+
+    if as_json:
+        emit_json(result.to_json(top=top))
+    else:
+        click.echo(render_weight_diff(result, top=top or 15))
+
+
+@main.command()
+@click.argument("results", type=click.Path())
+@click.option("--top", type=click.IntRange(1), default=None, help="Rows shown (default 15) / emitted (default all).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@handle_errors
+def show(results: str, top: int | None, as_json: bool) -> None:
+    """Print the summary of any mechdiff results file."""
+    from mechdiff.report.summary import summarize
+
+    document, text = summarize(results, top=top)
+    if as_json:
+        emit_json(document)
+    else:
+        click.echo(text)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,100 @@
+"""Token readouts: which tokens a change direction reads from or writes to the residual stream."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mechdiff.checkpoint.layout import READS_RESIDUAL, WRITES_RESIDUAL
+from mechdiff.errors import InputError
+
+
+class Vocabulary:
+    """Token id -> readable string, from tokenizer.json or vocab.txt; ids when neither exists."""
+
+    def __init__(self, id_to_token: dict[int, str] | None = None) -> None:
+        self._id_to_token = id_to_token or {}
+
+    @classmethod
+    def from_folder(cls, folder: Path | None) -> Vocabulary:
+        """Load the tokenizer that sits beside a model (None -> ids only)."""
+        if folder is None:
+            return cls()
+        if (folder / "tokenizer.json").is_file():
+            return cls(_from_tokenizer_json(folder / "tokenizer.json"))
+        if (folder / "vocab.txt").is_file():
+            lines = (folder / "vocab.txt").read_text(encoding="utf-8", errors="replace").splitlines()
+            return cls(dict(enumerate(lines)))
+        return cls()
+
+    @property
+    def has_tokens(self) -> bool:
+        return bool(self._id_to_token)
+
+    def token(self, token_id: int) -> str:
+        text = self._id_to_token.get(int(token_id))
+        return f"#{int(token_id)}" if text is None else text
+
+
+def _from_tokenizer_json(path: Path) -> dict[int, str]:
+    from tokenizers import Tokenizer
+
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as exc:  # the tokenizers library raises its own exception types
+        raise InputError(f"{path} is not a readable tokenizer: {exc}") from exc
+    return {token_id: token for token, token_id in tokenizer.get_vocab(with_added_tokens=True).items()}
+
+
+@dataclass
+class ReadoutMatrices:
+    """Embedding (what the residual stream reads from tokens) and unembedding (what it writes to logits).
+
+    Both are float32 [vocab, d]; ``final_scale`` is the final norm's effective gain,
+    folded into the unembedding so a direction is read as the logits it would cause.
+    """
+
+    embed: torch.Tensor | None
+    unembed: torch.Tensor | None
+    vocab: Vocabulary
+
+    def tokens_for(self, kind: str, U: np.ndarray, V: np.ndarray, n_dirs: int, top: int) -> tuple[list[str], list[str]]:
+        """Readouts of the first ``n_dirs`` singular directions of a change.
+
+        Args:
+            kind: the tensor's kind (decides which side touches the residual stream).
+            U: output-side singular vectors [out, k]; V: input-side [in, k].
+            n_dirs: how many directions to read out.
+            top: tokens per direction.
+
+        Returns:
+            (tokens_in, tokens_out): tokens the change reads, and tokens it writes.
+        """
+        tokens_in: list[str] = []
+        tokens_out: list[str] = []
+        if kind in READS_RESIDUAL and self.embed is not None and V.shape[0] == self.embed.shape[1]:
+            tokens_in = self._top_tokens(self.embed, V[:, :n_dirs], top)
+        if kind in WRITES_RESIDUAL and self.unembed is not None and U.shape[0] == self.unembed.shape[1]:
+            tokens_out = self._top_tokens(self.unembed, U[:, :n_dirs], top)
+        return tokens_in, tokens_out
+
+    def _top_tokens(self, table: torch.Tensor, directions: np.ndarray, top: int) -> list[str]:
+        scores = table @ torch.from_numpy(np.ascontiguousarray(directions, dtype=np.float32))  # [vocab, r]
+        tokens: list[str] = []
+        for col in scores.T:
+            # a singular vector's sign is arbitrary: orient it so its strongest token is positive
+            col = col if col.max() >= -col.min() else -col
+            for token_id in torch.topk(col, min(top, col.numel())).indices.tolist():
+                text = self.vocab.token(token_id)
+                if text not in tokens:
+                    tokens.append(text)
+        return tokens
+
+    def moved_rows(self, delta_rows: torch.Tensor, top: int) -> list[str]:
+        """Tokens whose embedding (or unembedding) rows moved most."""
+        norms = torch.linalg.vector_norm(delta_rows.float(), dim=1)
+        idx = torch.topk(norms, min(top, norms.numel())).indices.tolist()
+        return [self.vocab.token(i) for i in idx if norms[i] > 0]

@@ -1,0 +1,219 @@
+"""The data-free weight diff: stream tensor pairs, one at a time, through statistics and spectra."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from mechdiff.checkpoint.layout import HeadGeometry, Layout, TensorInfo
+from mechdiff.checkpoint.pairing import Pairing, TensorPair, pair_sources
+from mechdiff.checkpoint.sources import TensorSource
+from mechdiff.diffing.heads import HeadChange, head_slices
+from mechdiff.diffing.readout import ReadoutMatrices, Vocabulary
+from mechdiff.diffing.weights_result import TensorChange, WeightDiff
+from mechdiff.kernels import delta_stats
+from mechdiff.weightdecomp.spectral import SpectralConfig, Spectrum, analyze_delta, intruder_dimensions, score_1d
+
+NATIVE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@dataclass(frozen=True)
+class DiffConfig:
+    """Settings of the data-free weight diff."""
+
+    spectral: SpectralConfig = field(default_factory=SpectralConfig)
+    """Randomized SVD and noise-bulk settings (k = top singular triplets per matrix)."""
+    device: str = "auto"
+    """Where spectra run: "cpu", "cuda", or "auto" (cuda when available)."""
+    heads: bool = True
+    """Score every attention head slice of q/k/v/o (needs head geometry from config.json)."""
+    intruders: bool = True
+    """Count intruder dimensions of W_ft against W_base for matrices with structured change."""
+    readout_directions: int = 3
+    """Change directions read out as tokens per matrix (at most its rank)."""
+    readout_tokens: int = 5
+    """Tokens listed per read-out direction."""
+    store_vectors: int = 8
+    """Singular vector pairs stored per matrix (float16) for later projection."""
+    n_bins: int = 64
+    """Bins of the |delta| histogram in the fused statistics."""
+
+    def __post_init__(self) -> None:
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        for name in ("readout_directions", "readout_tokens", "store_vectors"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+
+    def resolved_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            from mechdiff.errors import UsageError
+
+            raise UsageError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+        return torch.device(self.device)
+
+
+def diff_sources(
+    base: TensorSource,
+    ft: TensorSource,
+    config: DiffConfig | None = None,
+    *,
+    pairing: Pairing | None = None,
+    progress: Callable[[TensorPair], None] | None = None,
+) -> WeightDiff:
+    """Diff two checkpoints tensor by tensor; memory stays O(largest tensor).
+
+    Args:
+        base: the base checkpoint.
+        ft: the fine-tuned checkpoint (or a LoraSource over the base).
+        config: diff settings.
+        pairing: a precomputed pairing (``pair_sources(base, ft)``), e.g. to check inputs early.
+        progress: called after each pair (for progress bars).
+
+    Returns:
+        The ranked WeightDiff.
+    """
+    config = config or DiffConfig()
+    pairing = pairing or pair_sources(base, ft)
+    device = config.resolved_device()
+    readout = _readout_matrices(base, pairing)
+    changes, heads, warnings = [], {}, list(pairing.warnings)
+    moved: list[str] = []
+    for pair in pairing.pairs:
+        change, pair_heads, pair_moved = _analyze_pair(base, ft, pair, pairing.layout, readout, config, device)
+        changes.append(change)
+        moved += pair_moved
+        for (part, layer, head, kind), spec in pair_heads:
+            heads.setdefault((layer, head, kind), HeadChange(layer, head, kind)).add(part, *spec)
+        warnings += _nonfinite_warnings(change)
+        if progress:
+            progress(pair)
+    warnings += [f"{r['tensor']} was resized {r['base_shape']} -> {r['ft_shape']}; shared rows compared"
+                 for r in pairing.reshaped]
+    return WeightDiff(
+        base=base.label, ft=ft.label, layout=pairing.layout.name, changes=changes, heads=list(heads.values()),
+        added=pairing.added, removed=pairing.removed, reshaped=pairing.reshaped, warnings=warnings,
+        moved_tokens=list(dict.fromkeys(moved)), config=_config_json(config),
+    )
+
+
+def _config_json(config: DiffConfig) -> dict:
+    return dataclasses.asdict(config)
+
+
+def _load_pair(base: TensorSource, ft: TensorSource, pair: TensorPair) -> tuple[torch.Tensor, torch.Tensor]:
+    b, f = base.get(pair.base_name), ft.get(pair.ft_name)
+    if b.shape != f.shape:  # vocabulary resize: compare the shared rows
+        rows = pair.shared_rows
+        b, f = b[:rows], f[:rows]
+    if b.dtype not in NATIVE_DTYPES or f.dtype not in NATIVE_DTYPES or b.dtype != f.dtype:
+        b, f = b.float(), f.float()
+    return b, f
+
+
+def _analyze_pair(
+    base: TensorSource, ft: TensorSource, pair: TensorPair, layout: Layout,
+    readout: ReadoutMatrices, config: DiffConfig, device: torch.device,
+) -> tuple[TensorChange, list, list[str]]:
+    b, f = _load_pair(base, ft, pair)
+    stats = delta_stats(b, f, n_bins=config.n_bins)
+    change = TensorChange(
+        tensor=pair.name, layer=pair.info.layer, kind=pair.info.kind, score=score_1d(stats.rel_delta),
+        rel_delta=stats.rel_delta, rank=0, structured_fraction=0.0, cosine=stats.cosine,
+        max_abs_delta=stats.max_abs_d, norm_base=stats.norm_base, norm_delta=stats.norm_d,
+        nan_base=stats.nan_base, inf_base=stats.inf_base, nan_ft=stats.nan_ft, inf_ft=stats.inf_ft,
+        shape=tuple(pair.ft_shape),
+    )
+    if b.ndim < 2 or min(b.shape[0], b.numel() // max(b.shape[0], 1)) < 2 or stats.sum_d2 == 0.0:
+        return change, [], []
+    w_base, delta = _oriented_delta(b, f, pair.info, stats.n_excluded > 0)
+    del f
+    spectrum = analyze_delta(delta.to(device), base_norm=stats.norm_base, config=config.spectral, frob2=stats.sum_d2)
+    _fill_spectral(change, spectrum, config)
+    if config.intruders and spectrum.rank > 0:
+        change.n_intruders = len(intruder_dimensions(w_base, w_base + delta, k=min(16, config.spectral.k)))
+    change.tokens_in, change.tokens_out = readout.tokens_for(
+        pair.info.kind, spectrum.U, spectrum.V, min(spectrum.rank, config.readout_directions), config.readout_tokens
+    ) if spectrum.rank > 0 else ([], [])
+    moved = readout.moved_rows(delta, config.readout_tokens) if pair.info.kind in ("embed", "unembed") else []
+    heads = _head_changes(pair.info, delta, w_base, layout.geometry, config, device) if config.heads else []
+    return change, heads, moved
+
+
+def _oriented_delta(b: torch.Tensor, f: torch.Tensor, info: TensorInfo, has_nonfinite: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """W_base and D = W_ft - W_base as float32 [out, in] (Conv1D transposed, conv kernels flattened)."""
+    w_base = b.float().reshape(b.shape[0], -1)
+    delta = f.float().reshape(f.shape[0], -1)
+    delta.sub_(w_base)
+    if has_nonfinite:  # already counted; keep them from poisoning the spectrum
+        delta.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+        w_base = w_base.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
+    if info.orientation == "in_out":
+        w_base, delta = w_base.T, delta.T
+    return w_base, delta
+
+
+def _fill_spectral(change: TensorChange, spectrum: Spectrum, config: DiffConfig) -> None:
+    change.score = spectrum.score
+    change.rank = spectrum.rank
+    change.structured_fraction = spectrum.structured_fraction
+    change.noise_sigma = spectrum.noise_sigma
+    change.bulk_edge = spectrum.bulk_edge
+    change.stable_rank = spectrum.stable_rank
+    change.singular_values = np.asarray(spectrum.singular_values, dtype=np.float32)
+    keep = min(config.store_vectors, spectrum.U.shape[1])
+    change.U = np.asarray(spectrum.U[:, :keep], dtype=np.float16)
+    change.V = np.asarray(spectrum.V[:, :keep], dtype=np.float16)
+
+
+def _head_changes(
+    info: TensorInfo, delta: torch.Tensor, w_base: torch.Tensor, geometry: HeadGeometry | None,
+    config: DiffConfig, device: torch.device,
+) -> list:
+    if info.heads is None or geometry is None or info.layer is None:
+        return []
+    out = []
+    for sl in head_slices(info.heads, info.kind, tuple(delta.shape), geometry):
+        d_slice = sl.take(delta).contiguous()
+        base_norm = float(torch.linalg.vector_norm(sl.take(w_base), dtype=torch.float64))
+        frob2 = float(torch.linalg.vector_norm(d_slice, dtype=torch.float64)) ** 2
+        if frob2 == 0.0:
+            continue
+        spectrum = analyze_delta(d_slice.to(device), base_norm=base_norm, config=config.spectral, frob2=frob2)
+        rel = math.sqrt(frob2) / base_norm if base_norm > 0 else math.inf
+        out.append(((sl.part, info.layer, sl.head, sl.group), (spectrum.score, spectrum.rank, rel)))
+    return out
+
+
+def _nonfinite_warnings(change: TensorChange) -> list[str]:
+    out = []
+    for side, nan, inf in (("FT", change.nan_ft, change.inf_ft), ("BASE", change.nan_base, change.inf_base)):
+        if nan or inf:
+            out.append(f"{change.tensor}: {side} has {nan} NaN and {inf} Inf values (left out of its statistics)")
+    return out
+
+
+def _readout_matrices(base: TensorSource, pairing: Pairing) -> ReadoutMatrices:
+    """Load the base model's embedding, unembedding and final norm once, for token readouts."""
+    layout = pairing.layout
+    by_canonical = {p.info.canonical: p for p in pairing.pairs}
+    kinds = {p.info.kind: p for p in pairing.pairs}
+    embed_pair = by_canonical.get(layout.embed or "") or kinds.get("embed")
+    unembed_pair = by_canonical.get(layout.unembed or "") or kinds.get("unembed") or embed_pair
+    embed = base.get(embed_pair.base_name).float() if embed_pair else None
+    unembed = None
+    if unembed_pair is not None:
+        unembed = embed if unembed_pair is embed_pair else base.get(unembed_pair.base_name).float()
+        norm_pair = by_canonical.get(layout.final_norm or "")
+        if norm_pair is not None and unembed is not None:
+            gain = base.get(norm_pair.base_name).float() + layout.norm_offset
+            if gain.shape == unembed.shape[1:]:
+                unembed = unembed * gain  # logits of direction x are W_U (g * x)
+    return ReadoutMatrices(embed, unembed, Vocabulary.from_folder(base.folder))
