@@ -28,6 +28,8 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         debug = click.get_current_context().find_root().params.get("debug", False)
         try:
             return fn(*args, **kwargs)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise  # click's own usage errors keep exit code 2
         except MechdiffError as exc:
             if debug:
                 raise
