@@ -1,0 +1,301 @@
+"""Fused delta statistics of a base and a fine-tuned tensor, in one pass.
+
+The weight diff calls this for every tensor of a checkpoint, so the numba loop reads
+each input once, decodes bf16/fp16 bits block by block into small buffers that stay in
+L1, and never allocates anything the size of the tensor. Pairs where either side is
+NaN or +-Inf are counted and excluded from sums, max and histogram.
+
+Histogram: one bin per octave of |ft - base| (computed in float64). Bin i holds
+|d| in [2**(lo+i), 2**(lo+i+1)) with lo = HIST_TOP_EXP - n_bins; the first bin also
+takes smaller non-zero values and the last bin larger ones. Exact zeros are counted
+separately in `n_zero`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, fields
+
+import numba
+import numpy as np
+import torch
+from numba import njit, prange
+
+from mechdiff.kernels._bits import as_bits_or_float, f64_as_i64, half_table, u32_as_f32
+from mechdiff.kernels.resolver import resolve
+
+HIST_TOP_EXP = 16
+MAX_BINS = 256
+BLOCK = 1024
+# reassoc lets LLVM vectorize the float reductions; no nnan/ninf, so x != x and the
+# infinity tests keep their IEEE meaning (tests check the NaN/Inf counts).
+FASTMATH = {"reassoc", "contract"}
+_REFERENCE_CHUNK = 1 << 22
+
+
+@dataclass(frozen=True, eq=False)
+class DeltaStats:
+    """Statistics of d = ft - base over one tensor pair (sums in float64)."""
+
+    n: int
+    """Number of elements in each tensor."""
+    sum_b2: float
+    """Sum of base**2 over pairs where both sides are finite."""
+    sum_f2: float
+    """Sum of ft**2 over finite pairs."""
+    sum_bf: float
+    """Sum of base*ft over finite pairs."""
+    sum_d2: float
+    """Sum of (ft - base)**2 over finite pairs."""
+    max_abs_d: float
+    """Largest |ft - base| over finite pairs (0.0 when there are none)."""
+    nan_base: int
+    """NaN elements in base."""
+    inf_base: int
+    """+-Inf elements in base."""
+    nan_ft: int
+    """NaN elements in ft."""
+    inf_ft: int
+    """+-Inf elements in ft."""
+    n_excluded: int
+    """Pairs left out of sums, max and histogram because either side is not finite."""
+    n_zero: int
+    """Finite pairs with ft == base exactly."""
+    hist: np.ndarray
+    """int64[n_bins]: counts of non-zero |d| per octave, see `hist_edges`."""
+
+    def __post_init__(self) -> None:
+        if self.hist.ndim != 1 or not 1 <= self.hist.size <= MAX_BINS:
+            raise ValueError(f"hist must be 1-D with 1..{MAX_BINS} bins, got {self.hist.shape}")
+        if self.n_zero + int(self.hist.sum()) + self.n_excluded != self.n:
+            raise ValueError("n_zero + hist.sum() + n_excluded must equal n")
+
+    @property
+    def hist_edges(self) -> np.ndarray:
+        """float64[n_bins + 1]: bin edges 2**lo ... 2**HIST_TOP_EXP (outer bins open-ended)."""
+        return hist_edges(self.hist.size)
+
+    @property
+    def norm_base(self) -> float:
+        """Frobenius norm of base over finite pairs."""
+        return math.sqrt(self.sum_b2)
+
+    @property
+    def norm_ft(self) -> float:
+        """Frobenius norm of ft over finite pairs."""
+        return math.sqrt(self.sum_f2)
+
+    @property
+    def norm_d(self) -> float:
+        """Frobenius norm of ft - base over finite pairs."""
+        return math.sqrt(self.sum_d2)
+
+    @property
+    def rel_delta(self) -> float:
+        """norm_d / norm_base; 0 when nothing changed, inf when base is zero but ft is not."""
+        if self.sum_d2 == 0.0:
+            return 0.0
+        return self.norm_d / self.norm_base if self.sum_b2 > 0.0 else math.inf
+
+    @property
+    def cosine(self) -> float:
+        """cos(base, ft); 1 when both are zero, 0 when exactly one is."""
+        denom = self.norm_base * self.norm_ft
+        if denom == 0.0:
+            return 1.0 if self.sum_b2 == self.sum_f2 == 0.0 else 0.0
+        return max(-1.0, min(1.0, self.sum_bf / denom))
+
+    def combine(self, other: DeltaStats) -> DeltaStats:
+        """Statistics of the concatenation of two tensor pairs (e.g. shards on two ranks).
+
+        Args:
+            other: statistics computed with the same n_bins.
+
+        Returns:
+            New DeltaStats over both pairs.
+        """
+        if other.hist.size != self.hist.size:
+            raise ValueError("cannot combine DeltaStats with different n_bins")
+        merged = {}
+        for field in fields(self):
+            a, b = getattr(self, field.name), getattr(other, field.name)
+            merged[field.name] = max(a, b) if field.name == "max_abs_d" else a + b
+        return DeltaStats(**merged)
+
+
+def hist_edges(n_bins: int) -> np.ndarray:
+    """float64[n_bins + 1]: the octave edges used by a histogram of `n_bins` bins."""
+    lo = HIST_TOP_EXP - n_bins
+    return np.ldexp(1.0, np.arange(lo, HIST_TOP_EXP + 1))
+
+
+def delta_stats_reference(base: torch.Tensor, ft: torch.Tensor, n_bins: int) -> DeltaStats:
+    """Torch reference: float64 chunks, exact bins via frexp. Same contract as `delta_stats`."""
+    b_all, f_all = base.detach().reshape(-1), ft.detach().reshape(-1)
+    lo = HIST_TOP_EXP - n_bins
+    sums = torch.zeros(4, dtype=torch.float64)
+    counts = [0, 0, 0, 0, 0, 0]  # nan_b, inf_b, nan_f, inf_f, excluded, zero
+    max_abs = 0.0
+    hist = torch.zeros(n_bins, dtype=torch.int64)
+    for start in range(0, b_all.numel(), _REFERENCE_CHUNK):
+        b = b_all[start:start + _REFERENCE_CHUNK].double()
+        f = f_all[start:start + _REFERENCE_CHUNK].double()
+        for k, t in enumerate((torch.isnan(b), torch.isinf(b), torch.isnan(f), torch.isinf(f))):
+            counts[k] += int(t.sum())
+        ok = torch.isfinite(b) & torch.isfinite(f)
+        counts[4] += int((~ok).sum())
+        b, f = b[ok], f[ok]
+        d = (f - b).abs()
+        sums += torch.stack([(b * b).sum(), (f * f).sum(), (b * f).sum(), (d * d).sum()]).cpu()
+        if d.numel():
+            max_abs = max(max_abs, float(d.max()))
+        counts[5] += int((d == 0).sum())
+        _, exponent = torch.frexp(d[d > 0])  # d = m * 2**e with m in [0.5, 1)
+        bins = (exponent.long() - 1 - lo).clamp(0, n_bins - 1)
+        hist += torch.bincount(bins, minlength=n_bins).cpu()
+    return DeltaStats(b_all.numel(), *(float(s) for s in sums), max_abs, *counts[:4],
+                      n_excluded=counts[4], n_zero=counts[5], hist=hist.numpy())
+
+
+@functools.cache
+def _fp16_table() -> np.ndarray:
+    return half_table(torch.float16)
+
+
+def delta_stats_numba(base: torch.Tensor, ft: torch.Tensor, n_bins: int) -> DeltaStats:
+    """numba CPU loop (tensors on another device are copied to the host first)."""
+    base, ft = base.detach().cpu(), ft.detach().cpu()
+    if base.dtype != ft.dtype:
+        base, ft = base.float(), ft.float()
+    b, kind = as_bits_or_float(base)
+    f, _ = as_bits_or_float(ft)
+    table = _fp16_table() if kind == 2 else np.zeros(1, np.float32)
+    n_chunks = max(1, min(b.size // (16 * BLOCK), 4 * numba.get_num_threads()))
+    sums, maxbits, counts, hist = _delta_stats_kernel(b, f, kind, table, n_bins, n_chunks)
+    max_abs = float(np.int64(maxbits.max()).view(np.float64))
+    tot = counts.sum(axis=0)
+    return DeltaStats(b.size, *(float(s) for s in sums.sum(axis=0)), max_abs,
+                      *(int(c) for c in tot[:4]), n_excluded=int(tot[4]),
+                      n_zero=int(hist[:, 0].sum()), hist=hist[:, 1:-1].sum(axis=0))
+
+
+@njit(parallel=True, cache=True)
+def _delta_stats_kernel(b, f, kind, table, n_bins, n_chunks):  # pragma: no cover (numba)
+    n = b.size
+    chunk = (n + n_chunks - 1) // n_chunks
+    sums = np.zeros((n_chunks, 4))
+    maxbits = np.zeros(n_chunks, np.int64)
+    counts = np.zeros((n_chunks, 5), np.int64)
+    hist = np.zeros((n_chunks, n_bins + 2), np.int64)  # slot 0: zeros, last: excluded
+    for c in prange(n_chunks):
+        stop = min(n, (c + 1) * chunk)
+        maxbits[c] = _chunk_stats(b[c * chunk:stop], f[c * chunk:stop], kind, table,
+                                  n_bins, sums[c], counts[c], hist[c])
+    return sums, maxbits, counts, hist
+
+
+@njit(cache=True)
+def _chunk_stats(b, f, kind, table, n_bins, sums, counts, hist):  # pragma: no cover (numba)
+    # the hot loops live outside the prange body, where numba compiles them as plain
+    # functions that LLVM vectorizes
+    buf_b = np.empty(BLOCK)
+    buf_f = np.empty(BLOCK)
+    slots = np.empty(BLOCK, np.int64)
+    # eight interleaved histograms: deltas crowd into a few bins, and a single counter
+    # would serialize on store-to-load forwarding
+    sub_hist = np.zeros((8, n_bins + 2), np.int64)
+    maxbits = 0
+    for start in range(0, b.size, BLOCK):
+        m = min(BLOCK, b.size - start)
+        _decode_block(b[start:start + m], kind, table, buf_b)
+        _decode_block(f[start:start + m], kind, table, buf_f)
+        maxbits = max(maxbits, _block_stats(buf_b, buf_f, m, n_bins, sums, counts, slots))
+        for i in range(m):
+            sub_hist[i & 7, slots[i]] += 1
+    hist += sub_hist.sum(axis=0)
+    return maxbits
+
+
+@njit(cache=True)
+def _decode_block(src, kind, table, out):  # pragma: no cover (numba)
+    # loops over whole slices: indexing src[start + i] would keep numba's negative-index
+    # wraparound check in the loop and stop LLVM from vectorizing it
+    if kind == 1:  # bf16 bits are the high half of a float32
+        for i in range(src.size):
+            out[i] = u32_as_f32(np.uint32(src[i]) << 16)
+    elif kind == 2:
+        for i in range(src.size):
+            out[i] = table[np.intp(src[i])]
+    else:
+        for i in range(src.size):
+            out[i] = src[i]
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _block_stats(x, y, m, n_bins, sums, counts, slots):  # pragma: no cover (numba)
+    """Accumulate one block into sums/counts; write each element's histogram slot.
+
+    Slot 0 = exact zero, 1..n_bins = octave bins, n_bins + 1 = excluded pair (dropped).
+    Returns the max of |d| as int64 bits (non-negative floats order like their bits).
+    """
+    lo = HIST_TOP_EXP - n_bins
+    sb2 = sf2 = sbf = sd2 = 0.0
+    nan_b = inf_b = nan_f = inf_f = excluded = 0
+    maxbits = 0
+    for i in range(m):
+        xv, yv = x[i], y[i]
+        xnan, ynan = np.isnan(xv), np.isnan(yv)
+        xinf, yinf = np.isinf(xv), np.isinf(yv)
+        bad = xnan | ynan | xinf | yinf
+        nan_b += xnan
+        inf_b += xinf
+        nan_f += ynan
+        inf_f += yinf
+        excluded += bad
+        xv = 0.0 if bad else xv
+        yv = 0.0 if bad else yv
+        d = yv - xv
+        sb2 += xv * xv
+        sf2 += yv * yv
+        sbf += xv * yv
+        sd2 += d * d
+        bits = f64_as_i64(abs(d))
+        maxbits = max(maxbits, bits)
+        octave = min(max((bits >> 52) - 1023 - lo, 0), n_bins - 1) + 1
+        slot = 0 if bits == 0 else octave
+        slots[i] = n_bins + 1 if bad else slot
+    sums[0] += sb2
+    sums[1] += sf2
+    sums[2] += sbf
+    sums[3] += sd2
+    counts[0] += nan_b
+    counts[1] += inf_b
+    counts[2] += nan_f
+    counts[3] += inf_f
+    counts[4] += excluded
+    return maxbits
+
+
+def delta_stats(base: torch.Tensor, ft: torch.Tensor, *, n_bins: int = 64,
+                device: str | None = None) -> DeltaStats:
+    """One-pass statistics of d = ft - base (norms, dot, max, NaN/Inf counts, histogram).
+
+    Args:
+        base: tensor of any shape; float32, float16 or bfloat16 read natively, other
+            dtypes upcast to float32.
+        ft: tensor of the same shape as base.
+        n_bins: octave bins of |d| (1..256), ending at 2**HIST_TOP_EXP.
+        device: device whose kernel to use; default: base's device.
+
+    Returns:
+        DeltaStats; pairs with a NaN or Inf on either side are only counted.
+    """
+    if base.shape != ft.shape:
+        from mechdiff.errors import InputError
+
+        raise InputError(f"delta_stats needs equal shapes, got {tuple(base.shape)} and "
+                         f"{tuple(ft.shape)}; align the tensors first")
+    if not 1 <= n_bins <= MAX_BINS:
+        raise ValueError(f"n_bins must be in 1..{MAX_BINS}, got {n_bins}")
+    return resolve("delta_stats", device or str(base.device))(base, ft, n_bins)
