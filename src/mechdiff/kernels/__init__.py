@@ -13,7 +13,18 @@ from mechdiff.kernels.delta import (
 from mechdiff.kernels.latent_scaling import latent_scaling_sums
 from mechdiff.kernels.resolver import cuda_available, kernel_names, resolve
 from mechdiff.kernels.sparse_decode import SparseDecode, sparse_decode
+from mechdiff.kernels.topn import TopN
 
-__all__ = ["DeltaStats", "SparseDecode", "cuda_available", "delta_stats",
-           "delta_stats_reference", "hist_edges", "kernel_names", "latent_scaling_sums",
-           "resolve", "sparse_decode"]
+__all__ = [
+           "DeltaStats",
+           "SparseDecode",
+           "TopN",
+           "cuda_available",
+           "delta_stats",
+           "delta_stats_reference",
+           "hist_edges",
+           "kernel_names",
+           "latent_scaling_sums",
+           "resolve",
+           "sparse_decode",
+]

@@ -1,0 +1,178 @@
+"""Top-n example tracking: the n largest activations per latent over a whole run.
+
+Stream (latent, activation, doc, position) entries chunk by chunk; each latent keeps a
+bounded heap (see `heap`), so memory is O(F * n) and each entry costs one comparison
+unless it enters. States merge exactly across chunks and ranks because ties are broken
+by (doc, pos). NaN and -inf activations are ignored (-inf marks empty slots).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from numba import njit, prange
+
+from mechdiff.kernels.heap import compile_heap
+from mechdiff.kernels.resolver import resolve
+
+_offer = compile_heap(njit)["offer"]
+
+
+class TopN:
+    """The n best (activation, doc, pos) examples of each of F latents.
+
+    Args:
+        n_latents: number of latents F.
+        n: examples kept per latent.
+        device: where the state lives and the update kernel runs ("cpu", "cuda", ...).
+    """
+
+    def __init__(self, n_latents: int, n: int, *, device: str = "cpu") -> None:
+        if n_latents < 0 or n < 1:
+            raise ValueError(f"need n_latents >= 0 and n >= 1, got {n_latents}, {n}")
+        self.n_latents, self.n, self.device = n_latents, n, str(device)
+        self.act = torch.full((n_latents, n), -torch.inf, device=device)
+        self.doc = torch.full((n_latents, n), -1, dtype=torch.int64, device=device)
+        self.pos = torch.full((n_latents, n), -1, dtype=torch.int64, device=device)
+        self.count = torch.zeros(n_latents, dtype=torch.int64, device=device)
+        # chosen once: backends keep rows in different orders (heap vs sorted)
+        self._update = resolve("topn_update", self.device)
+
+    def update(self, latent, act, doc, pos) -> None:
+        """Offer entries; each latent keeps its n best.
+
+        Args:
+            latent: int[M] latent ids in [0, F) (numpy array or tensor).
+            act: float[M] activations.
+            doc: int[M] document ids.
+            pos: int[M] token positions.
+        """
+        latent, act, doc, pos = (torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x)
+                                 for x in (latent, act, doc, pos))
+        if not latent.shape == act.shape == doc.shape == pos.shape or latent.ndim != 1:
+            raise ValueError("latent, act, doc and pos must be 1-D of equal length")
+        if latent.numel() and (int(latent.min()) < 0 or int(latent.max()) >= self.n_latents):
+            raise ValueError(f"latent ids must lie in [0, {self.n_latents})")
+        keep = ~torch.isnan(act) & (act != -torch.inf)
+        entries = [t[keep].to(self.device, dtype).contiguous() for t, dtype in
+                   ((latent, torch.int64), (act, torch.float32), (doc, torch.int64),
+                    (pos, torch.int64))]
+        if entries[0].numel():
+            self._update(self.act, self.doc, self.pos, self.count, *entries)
+
+    def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(act float32[F, n], doc int64[F, n], pos int64[F, n]), best first per latent.
+
+        Empty slots hold act -inf and doc = pos = -1.
+        """
+        act, doc, pos = (t.cpu().numpy() for t in (self.act, self.doc, self.pos))
+        rows = np.repeat(np.arange(self.n_latents), self.n)
+        order = np.lexsort((pos.ravel(), doc.ravel(), -act.ravel(), rows))
+        return tuple(x.ravel()[order].reshape(self.n_latents, self.n) for x in (act, doc, pos))
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Arrays that `from_state` turns back into an equal TopN (e.g. to gather ranks)."""
+        act, doc, pos = self.result()
+        return {"act": act, "doc": doc, "pos": pos}
+
+    @classmethod
+    def from_state(cls, state: dict[str, np.ndarray], *, device: str = "cpu") -> TopN:
+        """Rebuild a TopN from `state_dict()` output.
+
+        Args:
+            state: dict with act, doc, pos arrays of shape [F, n].
+            device: where the new state lives.
+
+        Returns:
+            TopN holding the same examples.
+        """
+        act = np.asarray(state["act"], np.float32)
+        out = cls(act.shape[0], act.shape[1], device=device)
+        out._offer_examples(act, np.asarray(state["doc"]), np.asarray(state["pos"]))
+        return out
+
+    def merge(self, other: TopN) -> TopN:
+        """A new TopN holding the n best of both; neither input changes.
+
+        Args:
+            other: a TopN with the same n_latents and n.
+
+        Returns:
+            The merged TopN on self's device.
+        """
+        if (other.n_latents, other.n) != (self.n_latents, self.n):
+            raise ValueError("can only merge TopN with equal n_latents and n")
+        out = TopN(self.n_latents, self.n, device=self.device)
+        for part in (self, other):
+            out._offer_examples(*(t.cpu().numpy() for t in (part.act, part.doc, part.pos)))
+        return out
+
+    def _offer_examples(self, act: np.ndarray, doc: np.ndarray, pos: np.ndarray) -> None:
+        rows = np.repeat(np.arange(act.shape[0]), act.shape[1])
+        self.update(rows, act.ravel(), doc.ravel(), pos.ravel())
+
+
+def topn_update_reference(state_act, state_doc, state_pos, state_count, latent, act, doc,
+                          pos) -> None:
+    """Torch reference: sort kept and new entries together, keep n per latent (rows sorted)."""
+    n_latents, n = state_act.shape
+    filled = state_act.reshape(-1) != -torch.inf
+    rows = torch.arange(n_latents, device=state_act.device).repeat_interleave(n)[filled]
+    all_lat = torch.cat([rows, latent])
+    all_act = torch.cat([state_act.reshape(-1)[filled], act])
+    all_doc = torch.cat([state_doc.reshape(-1)[filled], doc])
+    all_pos = torch.cat([state_pos.reshape(-1)[filled], pos])
+    order = torch.arange(all_lat.numel(), device=all_lat.device)
+    for key in (all_pos, all_doc, -all_act, all_lat):  # least significant key first
+        order = order[torch.sort(key[order], stable=True).indices]
+    lat_sorted = all_lat[order]
+    counts = torch.bincount(lat_sorted, minlength=n_latents)
+    rank = torch.arange(order.numel(), device=order.device) - (
+        torch.cumsum(counts, 0) - counts).repeat_interleave(counts)
+    keep = rank < n
+    slot = lat_sorted[keep] * n + rank[keep]
+    state_act.fill_(-torch.inf)
+    state_doc.fill_(-1)
+    state_pos.fill_(-1)
+    state_act.view(-1)[slot] = all_act[order[keep]]
+    state_doc.view(-1)[slot] = all_doc[order[keep]]
+    state_pos.view(-1)[slot] = all_pos[order[keep]]
+    state_count.copy_(counts.clamp(max=n))
+
+
+def topn_update_numba(state_act, state_doc, state_pos, state_count, latent, act, doc,
+                      pos) -> None:
+    """numba CPU loop: group entries by latent, then one heap per latent in parallel."""
+    host = [t.cpu() for t in (state_act, state_doc, state_pos, state_count)]
+    arrays = [t.numpy() for t in host]
+    lat, a, d, p = (t.cpu().numpy() for t in (latent, act, doc, pos))
+    _update_kernel(*arrays, *_group_by_latent(lat, state_act.shape[0]), a, d, p)
+    for target, source in zip((state_act, state_doc, state_pos, state_count), host, strict=True):
+        if target.device.type != "cpu":
+            target.copy_(source)
+
+
+@njit(cache=True)
+def _group_by_latent(latent, n_latents):  # pragma: no cover (numba)
+    """Counting sort: (offsets[F + 1], order[M]) with entries of latent j at
+    order[offsets[j]:offsets[j + 1]] in arrival order."""
+    offsets = np.zeros(n_latents + 1, np.int64)
+    for i in range(latent.size):
+        offsets[latent[i] + 1] += 1
+    for j in range(n_latents):
+        offsets[j + 1] += offsets[j]
+    fill = offsets[:-1].copy()
+    order = np.empty(latent.size, np.int64)
+    for i in range(latent.size):
+        order[fill[latent[i]]] = i
+        fill[latent[i]] += 1
+    return offsets, order
+
+
+@njit(parallel=True)
+def _update_kernel(s_act, s_doc, s_pos, s_count, offsets, order, act, doc,
+                   pos):  # pragma: no cover (numba)
+    for j in prange(s_act.shape[0]):
+        for q in range(offsets[j], offsets[j + 1]):
+            i = order[q]
+            _offer(s_act, s_doc, s_pos, s_count, j, act[i], doc[i], pos[i])
