@@ -32,8 +32,9 @@ class DiffConfig:
     """Where spectra run: "cpu", "cuda", or "auto" (cuda when available)."""
     heads: bool = True
     """Score every attention head slice of q/k/v/o (needs head geometry from config.json)."""
-    intruders: bool = True
-    """Count intruder dimensions of W_ft against W_base for matrices with structured change."""
+    intruder_top: int = 8
+    """Count intruder dimensions of W_ft against W_base for this many top-ranked structured
+    matrices (a second, short pass: two extra SVDs of full weights each, so not for all)."""
     readout_directions: int = 3
     """Change directions read out as tokens per matrix (at most its rank)."""
     readout_tokens: int = 5
@@ -46,7 +47,7 @@ class DiffConfig:
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
-        for name in ("readout_directions", "readout_tokens", "store_vectors"):
+        for name in ("readout_directions", "readout_tokens", "store_vectors", "intruder_top"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
 
@@ -95,6 +96,7 @@ def diff_sources(
         warnings += _nonfinite_warnings(change)
         if progress:
             progress(pair)
+    _count_intruders(base, ft, pairing, changes, config)
     warnings += [f"{r['tensor']} was resized {r['base_shape']} -> {r['ft_shape']}; shared rows compared"
                  for r in pairing.reshaped]
     return WeightDiff(
@@ -137,14 +139,25 @@ def _analyze_pair(
     del f
     spectrum = analyze_delta(delta.to(device), base_norm=stats.norm_base, config=config.spectral, frob2=stats.sum_d2)
     _fill_spectral(change, spectrum, config)
-    if config.intruders and spectrum.rank > 0:
-        change.n_intruders = len(intruder_dimensions(w_base, w_base + delta, k=min(16, config.spectral.k)))
     change.tokens_in, change.tokens_out = readout.tokens_for(
         pair.info.kind, spectrum.U, spectrum.V, min(spectrum.rank, config.readout_directions), config.readout_tokens
     ) if spectrum.rank > 0 else ([], [])
     moved = readout.moved_rows(delta, config.readout_tokens) if pair.info.kind in ("embed", "unembed") else []
     heads = _head_changes(pair.info, delta, w_base, layout.geometry, config, device) if config.heads else []
     return change, heads, moved
+
+
+def _count_intruders(base: TensorSource, ft: TensorSource, pairing: Pairing, changes: list[TensorChange],
+                     config: DiffConfig) -> None:
+    """Second pass over the few top structured matrices: intruder dimensions of W_ft."""
+    structured = sorted((c for c in changes if c.rank > 0), key=lambda c: -c.score)[: config.intruder_top]
+    pairs = {p.name: p for p in pairing.pairs}
+    for change in structured:
+        pair = pairs[change.tensor]
+        b, f = _load_pair(base, ft, pair)
+        w_base, delta = _oriented_delta(b, f, pair.info, change.nan_ft + change.inf_ft + change.nan_base + change.inf_base > 0)
+        k = min(16, config.spectral.k)
+        change.n_intruders = len(intruder_dimensions(w_base, w_base + delta, k=k, seed=config.spectral.seed))
 
 
 def _oriented_delta(b: torch.Tensor, f: torch.Tensor, info: TensorInfo, has_nonfinite: bool) -> tuple[torch.Tensor, torch.Tensor]:
