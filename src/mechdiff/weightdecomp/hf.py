@@ -1,0 +1,99 @@
+"""SPD of a local Hugging Face causal language model on a text file (KL output distance)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mechdiff.errors import InputError
+from mechdiff.weightdecomp.decomposition import Decomposition
+from mechdiff.weightdecomp.spd import decompose_module
+from mechdiff.weightdecomp.spd_config import SPDConfig
+
+
+def load_causal_lm(model_dir: str | os.PathLike) -> tuple[nn.Module, Any]:
+    """Load a causal LM and its tokenizer from a local folder (never from the hub).
+
+    Args:
+        model_dir: folder with config.json, weights and a tokenizer.
+
+    Returns:
+        (model in eval mode, float32; tokenizer).
+    """
+    try:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise InputError("decomposing a Hugging Face model needs transformers: pip install 'mechdiff[hf]'") from exc
+    path = Path(model_dir)
+    if not (path / "config.json").is_file():
+        raise InputError(f"{model_dir} is not a Hugging Face model folder (no config.json)")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, torch_dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot load the model or tokenizer in {model_dir}: {exc}") from exc
+    return model.eval(), tokenizer
+
+
+def token_batches(tokenizer: Any, text: str, seq_len: int, batch_sequences: int) -> list[Tensor]:
+    """Tokenize ``text`` and cut it into [batch_sequences, seq_len] id batches (last partial batch dropped).
+
+    Args:
+        tokenizer: a transformers tokenizer.
+        text: the corpus.
+        seq_len: tokens per sequence.
+        batch_sequences: sequences per batch.
+
+    Returns:
+        A list of int64 tensors.
+    """
+    ids = torch.tensor(tokenizer(text)["input_ids"], dtype=torch.long)
+    per_batch = seq_len * batch_sequences
+    n_batches = len(ids) // per_batch
+    if n_batches == 0:
+        raise InputError(
+            f"the data has {len(ids)} tokens, fewer than one batch ({batch_sequences} x {seq_len}); "
+            "give more text or a smaller seq_len / batch"
+        )
+    return list(ids[: n_batches * per_batch].view(n_batches, batch_sequences, seq_len))
+
+
+def _lm_forward(model: nn.Module, input_ids: Tensor) -> Tensor:
+    return model(input_ids=input_ids).logits
+
+
+def decompose_hf(
+    model_dir: str | os.PathLike,
+    module_globs: list[str],
+    data_file: str | os.PathLike,
+    config: SPDConfig,
+    *,
+    seq_len: int = 64,
+    batch_sequences: int = 8,
+    progress: bool = False,
+) -> Decomposition:
+    """SPD of chosen weights of a local causal LM, KL between masked and original next-token distributions.
+
+    Args:
+        model_dir: local Hugging Face folder (loaded with ``local_files_only=True``).
+        module_globs: fnmatch patterns on module names, e.g. ``["transformer.h.*.mlp.c_fc"]``.
+        data_file: UTF-8 text file; batches are cycled when there are fewer than steps.
+        config: SPD hyper-parameters (``batch_size`` is not used; see ``batch_sequences``).
+        seq_len: tokens per sequence.
+        batch_sequences: sequences per step.
+        progress: show a progress bar on stderr.
+
+    Returns:
+        The :class:`Decomposition` (output distance 'kl').
+    """
+    model, tokenizer = load_causal_lm(model_dir)
+    try:
+        text = Path(data_file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read the data file {data_file}: {exc}") from exc
+    batches = token_batches(tokenizer, text, seq_len, batch_sequences)
+    return decompose_module(model, module_globs, batches, config, "kl", forward=_lm_forward, progress=progress)
