@@ -4,15 +4,15 @@
 MECHDIFF_KERNELS=reference|numba|cuda forces one. Nothing is compiled at import.
 """
 
+from mechdiff.kernels.decode import SparseDecode, sparse_decode
 from mechdiff.kernels.delta import (
            DeltaStats,
            delta_stats,
            delta_stats_reference,
            hist_edges,
 )
-from mechdiff.kernels.latent_scaling import latent_scaling_sums
 from mechdiff.kernels.resolver import cuda_available, kernel_names, resolve
-from mechdiff.kernels.sparse_decode import SparseDecode, sparse_decode
+from mechdiff.kernels.scaling import latent_scaling_sums
 from mechdiff.kernels.topn import TopN
 
 __all__ = [

@@ -13,15 +13,16 @@ import math
 
 import numpy as np
 import torch
-from numba import cuda
+from numba import config, cuda
 
 from mechdiff.kernels._bits import half_table
 from mechdiff.kernels.csr import transpose_torch
 from mechdiff.kernels.delta import HIST_TOP_EXP, MAX_BINS, DeltaStats
 from mechdiff.kernels.heap import compile_heap
 
-THREADS = 128
-MAX_BLOCKS = 4096
+# the simulator runs every thread as a Python thread: keep its blocks small
+THREADS = 16 if config.ENABLE_CUDASIM else 128
+MAX_BLOCKS = 4 if config.ENABLE_CUDASIM else 4096
 _offer = compile_heap(cuda.jit(device=True))["offer"]
 
 
@@ -110,14 +111,25 @@ def _delta_stats_kernel(b, f, kind, table, n_bins, totals, hist):  # pragma: no 
             exponent = math.frexp(d)[1]  # d = m * 2**exponent, m in [0.5, 1)
             slot = min(max(exponent - 1 - lo, 0), n_bins - 1) + 1
         cuda.atomic.add(block_hist, slot, 1)
-    shared = cuda.shared.array(THREADS, dtype=np.float64)
+    # one tree reduction for all ten accumulators (max for slot 4): few block barriers
+    shared = cuda.shared.array((10, THREADS), dtype=np.float64)
     for k in range(10):
-        total = _block_reduce(shared, tid, acc[k], k == 4)
-        if tid == 0:
+        shared[k, tid] = acc[k]
+    cuda.syncthreads()
+    step = THREADS // 2
+    while step > 0:
+        if tid < step:
+            for k in range(10):
+                other = shared[k, tid + step]
+                shared[k, tid] = max(shared[k, tid], other) if k == 4 else shared[k, tid] + other
+        cuda.syncthreads()
+        step //= 2
+    if tid == 0:
+        for k in range(10):
             if k == 4:
-                cuda.atomic.max(totals, 4, total)
+                cuda.atomic.max(totals, 4, shared[4, 0])
             else:
-                cuda.atomic.add(totals, k, total)
+                cuda.atomic.add(totals, k, shared[k, 0])
     cuda.syncthreads()
     for k in range(tid, n_bins + 1, THREADS):
         cuda.atomic.add(hist, k, block_hist[k])

@@ -26,18 +26,18 @@ _REGISTRY: dict[str, dict[str, str]] = {
         "cuda": "cuda_kernels:delta_stats_cuda",
     },
     "sparse_decode_forward": {
-        "reference": "sparse_decode:decode_forward_reference",
-        "numba": "sparse_decode:decode_forward_numba",
+        "reference": "decode:decode_forward_reference",
+        "numba": "decode:decode_forward_numba",
         "cuda": "cuda_kernels:decode_forward_cuda",
     },
     "sparse_decode_backward": {
-        "reference": "sparse_decode:decode_backward_reference",
-        "numba": "sparse_decode:decode_backward_numba",
+        "reference": "decode:decode_backward_reference",
+        "numba": "decode:decode_backward_numba",
         "cuda": "cuda_kernels:decode_backward_cuda",
     },
     "latent_scaling_sums": {
-        "reference": "latent_scaling:latent_scaling_reference",
-        "numba": "latent_scaling:latent_scaling_numba",
+        "reference": "scaling:latent_scaling_reference",
+        "numba": "scaling:latent_scaling_numba",
         "cuda": "cuda_kernels:latent_scaling_cuda",
     },
     "topn_update": {
