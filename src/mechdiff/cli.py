@@ -41,11 +41,23 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                 raise
             _fail(f"{type(exc).__name__}: {exc}", EXIT_INPUT)
         except Exception as exc:  # a bug: still one line, the traceback behind --debug
+            if _caused_by_interrupt(exc):  # Ctrl-C inside compiled code arrives wrapped
+                _fail("interrupted; no results were written", EXIT_INTERRUPTED)
             if debug:
                 raise
             _fail(f"internal error ({type(exc).__name__}: {exc}); rerun with --debug and report it", EXIT_INPUT)
 
     return wrapper
+
+
+def _caused_by_interrupt(exc: BaseException | None) -> bool:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def emit_json(document: dict) -> None:

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import torch
 
-from mechdiff.checkpoint.safetensors_header import SafetensorsHeader, read_header
+from mechdiff.checkpoint.safetensors_header import DTYPE_BITS, SafetensorsHeader, read_header
 from mechdiff.errors import InputError
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
@@ -68,12 +68,14 @@ class SafetensorsFile:
     def get(self, name: str) -> torch.Tensor:
         from safetensors import safe_open
 
+        dtype = self.header.entries[name].dtype
+        if DTYPE_BITS[dtype] < 8:
+            raise InputError(f"{self.path}: tensor {name!r} is packed {dtype}, which mechdiff cannot read yet")
         try:
             if self._handle is None:
                 self._handle = safe_open(str(self.path), framework="pt", device="cpu")
             return self._handle.get_tensor(name)
-        except (OSError, RuntimeError, ValueError, TypeError) as exc:
-            dtype = self.header.entries[name].dtype
+        except Exception as exc:  # the Rust binding raises its own SafetensorError type
             raise InputError(f"{self.path}: cannot read tensor {name!r} ({dtype}): {_first_line(exc)}") from exc
 
     def fingerprint(self) -> str:

@@ -1,0 +1,82 @@
+"""SIGKILL and Ctrl-C in the middle of a diff: never a half-written result, and a rerun works."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from ckpt_builders import LLAMA_CONFIG, drift, llama_state, save_folder
+
+from mechdiff.store import open_results
+
+CFG = {**LLAMA_CONFIG, "hidden_size": 256, "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 32,
+       "num_hidden_layers": 4, "intermediate_size": 1024}
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    root = tmp_path_factory.mktemp("kill")
+    state = llama_state(0, n_layers=4, d=256, n_heads=8, n_kv=4, head_dim=32, ffn=1024, vocab=2000)
+    return save_folder(root / "base", state, CFG), save_folder(root / "ft", drift(state, 0.02), CFG)
+
+
+def _start(base, ft, out):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "mechdiff", "diff", str(base), str(ft), "-o", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+
+
+def _wait_until_diffing(proc, timeout=120.0):
+    """Block until the progress bar shows (the diff has been running for a second)."""
+    deadline = time.monotonic() + timeout
+    seen = b""
+    while time.monotonic() < deadline and proc.poll() is None:
+        seen += os.read(proc.stderr.fileno(), 256)
+        if b"diff:" in seen:
+            return
+    pytest.fail(f"diff never showed progress: {seen[-300:]!r}")
+
+
+def _check_rerun(base, ft, out):
+    done = subprocess.run([sys.executable, "-m", "mechdiff", "diff", str(base), str(ft), "-o", str(out)],
+                          capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    with open_results(out) as res:
+        assert len(res.weights.table("changes")) == len(llama_state(0, n_layers=4))
+
+
+def test_sigkill_mid_run_leaves_no_result_and_keeps_the_old_one(pair, tmp_path):
+    base, ft = pair
+    out = tmp_path / "out.h5"
+    _check_rerun(base, ft, out)
+    before = out.read_bytes()
+    proc = _start(base, ft, out)
+    _wait_until_diffing(proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert out.read_bytes() == before  # the earlier result is untouched
+    (tmp_path / "out.h5.tmp").unlink(missing_ok=True)  # at most a removable temp file
+    out.unlink()
+    proc = _start(base, ft, out)
+    _wait_until_diffing(proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not out.exists()
+    _check_rerun(base, ft, out)
+
+
+def test_ctrl_c_exits_with_a_short_message_and_no_temp_files(pair, tmp_path):
+    base, ft = pair
+    out = tmp_path / "out.h5"
+    proc = _start(base, ft, out)
+    _wait_until_diffing(proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()[-500:]
+    last = err.decode().strip().splitlines()[-1]
+    assert "interrupted" in last and "Traceback" not in err.decode()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
