@@ -11,6 +11,7 @@ from mechdiff.checkpoint import LoraSource, open_source, pair_sources
 from mechdiff.checkpoint.sources import TensorSource
 from mechdiff.diffing.weights import DiffConfig, diff_sources
 from mechdiff.diffing.weights_result import WeightDiff
+from mechdiff.distributed import barrier, init_from_env
 from mechdiff.progress import progress_bar
 from mechdiff.store import ResultsWriter, check_output_path
 
@@ -33,8 +34,11 @@ def diff_checkpoints(
     config: DiffConfig | None = None,
     progress: bool = True,
     command: str | None = None,
-) -> WeightDiff:
+) -> WeightDiff | None:
     """Data-free weight diff of two checkpoints, optionally written to an HDF5 results file.
+
+    Under torchrun, tensor pairs are sharded across ranks; rank 0 alone writes the file
+    and returns the result (the other ranks return None).
 
     Args:
         base: base checkpoint (HF folder, .safetensors, .bin/.pt, or shard index).
@@ -48,16 +52,19 @@ def diff_checkpoints(
     Returns:
         The ranked WeightDiff.
     """
+    config = config or DiffConfig()
+    ctx = init_from_env(config.resolved_device().type)
     inputs = [p for p in (base, ft, adapter) if p is not None]
     out_path = check_output_path(out, inputs) if out is not None else None
     base_source, ft_source = open_pair(base, ft, adapter)
     pairing = pair_sources(base_source, ft_source)
     total = sum(p.numel for p in pairing.pairs)
-    with progress_bar(total, "diff", unit="param", enabled=progress) as bar:
+    with progress_bar(total, "diff", unit="param", enabled=progress and ctx.is_main) as bar:
         result = diff_sources(base_source, ft_source, config, pairing=pairing,
-                              progress=lambda pair: bar.update(pair.numel))
-    if out_path is not None:
+                              progress=lambda pair: bar.update(pair.numel), ctx=ctx)
+    if out_path is not None and result is not None:
         write_results(out_path, result, base_source, ft_source, command)
+    barrier(ctx)
     return result
 
 

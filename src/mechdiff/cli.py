@@ -94,7 +94,8 @@ def diff(base: str, ft: str | None, out: str | None, adapter: str | None, k: int
         raise click.UsageError("give either FT or --adapter DIR (not both, not neither)")
     config = DiffConfig(spectral=SpectralConfig(k=k, k_max=max(256, k)), device=device)
     result = diff_checkpoints(base, ft, adapter=adapter, out=out, config=config, progress=not no_progress)
-    _print_weight_diff(result, top, as_json)
+    if result is not None:  # None on torchrun ranks other than 0
+        _print_weight_diff(result, top, as_json)
 
 
 def _print_weight_diff(result: Any, top: int | None, as_json: bool) -> None:

@@ -16,6 +16,7 @@ from mechdiff.checkpoint.sources import TensorSource
 from mechdiff.diffing.heads import HeadChange, head_slices
 from mechdiff.diffing.readout import ReadoutMatrices, Vocabulary
 from mechdiff.diffing.weights_result import TensorChange, WeightDiff
+from mechdiff.distributed import DistContext, gather_to_main, shard_by_size
 from mechdiff.kernels import delta_stats
 from mechdiff.weightdecomp.spectral import SpectralConfig, Spectrum, analyze_delta, intruder_dimensions, score_1d
 
@@ -51,14 +52,15 @@ class DiffConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
 
-    def resolved_device(self) -> torch.device:
+    def resolved_device(self, local_rank: int = 0) -> torch.device:
+        """The torch device spectra run on (one GPU per rank under torchrun)."""
         if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             from mechdiff.errors import UsageError
 
             raise UsageError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
-        return torch.device(self.device)
+        return torch.device(f"cuda:{local_rank}" if self.device == "cuda" else self.device)
 
 
 def diff_sources(
@@ -68,8 +70,12 @@ def diff_sources(
     *,
     pairing: Pairing | None = None,
     progress: Callable[[TensorPair], None] | None = None,
-) -> WeightDiff:
+    ctx: DistContext | None = None,
+) -> WeightDiff | None:
     """Diff two checkpoints tensor by tensor; memory stays O(largest tensor).
+
+    Under torchrun the pairs are sharded across ranks by size; rank 0 gathers and
+    returns the result, the other ranks return None.
 
     Args:
         base: the base checkpoint.
@@ -77,25 +83,38 @@ def diff_sources(
         config: diff settings.
         pairing: a precomputed pairing (``pair_sources(base, ft)``), e.g. to check inputs early.
         progress: called after each pair (for progress bars).
+        ctx: the distributed context (one rank when None).
 
     Returns:
-        The ranked WeightDiff.
+        The ranked WeightDiff (None on ranks other than 0).
     """
     config = config or DiffConfig()
+    ctx = ctx or DistContext()
     pairing = pairing or pair_sources(base, ft)
-    device = config.resolved_device()
+    device = config.resolved_device(ctx.local_rank)
     readout = _readout_matrices(base, pairing)
-    changes, heads, warnings = [], {}, list(pairing.warnings)
-    moved: list[str] = []
-    for pair in pairing.pairs:
-        change, pair_heads, pair_moved = _analyze_pair(base, ft, pair, pairing.layout, readout, config, device)
+    mine = shard_by_size([p.numel for p in pairing.pairs], ctx.world)[ctx.rank]
+    local = []
+    for index in mine:
+        pair = pairing.pairs[index]
+        local.append((index, _analyze_pair(base, ft, pair, pairing.layout, readout, config, device)))
+        if progress:
+            progress(pair)
+    gathered = gather_to_main(ctx, local)
+    if gathered is None:
+        return None
+    analyzed = [item for _, item in sorted((x for rank_items in gathered for x in rank_items), key=lambda x: x[0])]
+    return _assemble(base, ft, pairing, analyzed, config)
+
+
+def _assemble(base: TensorSource, ft: TensorSource, pairing: Pairing, analyzed: list, config: DiffConfig) -> WeightDiff:
+    changes, heads, warnings, moved = [], {}, list(pairing.warnings), []
+    for change, pair_heads, pair_moved in analyzed:
         changes.append(change)
         moved += pair_moved
         for (part, layer, head, kind), spec in pair_heads:
             heads.setdefault((layer, head, kind), HeadChange(layer, head, kind)).add(part, *spec)
         warnings += _nonfinite_warnings(change)
-        if progress:
-            progress(pair)
     _count_intruders(base, ft, pairing, changes, config)
     warnings += [f"{r['tensor']} was resized {r['base_shape']} -> {r['ft_shape']}; shared rows compared"
                  for r in pairing.reshaped]
