@@ -26,6 +26,8 @@ TOYS = ("tms-5-2", "tms-5-2-id", "tms-40-10", "resid-mlp")
 
 # SPD settings per toy: the published coefficients (C, importance coefficient, p),
 # with fewer steps and a larger learning rate so the toys finish on a laptop CPU.
+AT_LEAST_ONE = True
+
 TOY_CONFIGS: dict[str, SPDConfig] = {
     "tms-5-2": SPDConfig(n_components=20, importance_minimality_coeff=3e-3, pnorm=1.0,
                          steps=3000, batch_size=1024, lr=3e-3),
@@ -175,7 +177,8 @@ def _run_toy(name: str, config: SPDConfig, seed: int, progress: bool) -> ToyRepo
     t0 = time.perf_counter()
     setup = _setup(name, seed)
     target_seconds = time.perf_counter() - t0
-    data = feature_batches(config.batch_size, setup.n_features, setup.probability, seed + 1, setup.low)
+    data = feature_batches(config.batch_size, setup.n_features, setup.probability, seed + 1, setup.low,
+                           at_least_one=AT_LEAST_ONE)
     t1 = time.perf_counter()
     decomp = decompose_module(setup.model, setup.globs, data, config, "mse", progress=progress)
     seconds = time.perf_counter() - t1

@@ -13,19 +13,34 @@ from mechdiff.errors import InputError
 
 
 def sparse_features(
-    batch: int, n_features: int, probability: float, generator: torch.Generator, low: float = 0.0
+    batch: int, n_features: int, probability: float, generator: torch.Generator, low: float = 0.0,
+    at_least_one: bool = False,
 ) -> Tensor:
-    """[batch, n_features]: each feature is on with ``probability``, value ~ U(low, 1)."""
-    on = torch.rand(batch, n_features, generator=generator) < probability
-    values = low + (1.0 - low) * torch.rand(batch, n_features, generator=generator)
-    return values * on
+    """[batch, n_features]: each feature is on with ``probability``, value ~ U(low, 1).
+
+    With ``at_least_one`` the rows are drawn from the same distribution
+    conditioned on at least one feature being on (rejection sampling).
+    """
+    if not at_least_one:
+        on = torch.rand(batch, n_features, generator=generator) < probability
+        values = low + (1.0 - low) * torch.rand(batch, n_features, generator=generator)
+        return values * on
+    rows: list[Tensor] = []
+    have = 0
+    while have < batch:
+        x = sparse_features(2 * batch, n_features, probability, generator, low)
+        x = x[(x != 0).any(dim=1)]
+        rows.append(x)
+        have += len(x)
+    return torch.cat(rows)[:batch]
 
 
-def feature_batches(batch: int, n_features: int, probability: float, seed: int, low: float = 0.0) -> Iterator[Tensor]:
+def feature_batches(batch: int, n_features: int, probability: float, seed: int, low: float = 0.0,
+                    at_least_one: bool = False) -> Iterator[Tensor]:
     """An endless stream of :func:`sparse_features` batches."""
     generator = torch.Generator().manual_seed(seed)
     while True:
-        yield sparse_features(batch, n_features, probability, generator, low)
+        yield sparse_features(batch, n_features, probability, generator, low, at_least_one)
 
 
 class TMSModel(nn.Module):
