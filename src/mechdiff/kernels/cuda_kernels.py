@@ -259,7 +259,8 @@ def _topn_kernel(s_act, s_doc, s_pos, s_count, offsets, order, act, doc,
     if j < s_act.shape[0]:
         for q in range(offsets[j], offsets[j + 1]):
             i = order[q]
-            _offer(s_act, s_doc, s_pos, s_count, j, act[i], doc[i], pos[i])
+            if act[i] > -math.inf:  # False for NaN too
+                _offer(s_act, s_doc, s_pos, s_count, j, act[i], doc[i], pos[i])
 
 
 def topn_update_cuda(state_act, state_doc, state_pos, state_count, latent, act, doc,

@@ -241,17 +241,12 @@ def _block_stats(x, y, m, n_bins, sums, counts, slots):  # pragma: no cover (num
     """
     lo = HIST_TOP_EXP - n_bins
     sb2 = sf2 = sbf = sd2 = 0.0
-    nan_b = inf_b = nan_f = inf_f = excluded = 0
+    excluded = 0
     maxbits = 0
     for i in range(m):
         xv, yv = x[i], y[i]
-        xnan, ynan = np.isnan(xv), np.isnan(yv)
-        xinf, yinf = np.isinf(xv), np.isinf(yv)
-        bad = xnan | ynan | xinf | yinf
-        nan_b += xnan
-        inf_b += xinf
-        nan_f += ynan
-        inf_f += yinf
+        # one comparison per side finds NaN and +-Inf (NaN compares false)
+        bad = not (abs(xv) < np.inf and abs(yv) < np.inf)
         excluded += bad
         xv = 0.0 if bad else xv
         yv = 0.0 if bad else yv
@@ -269,12 +264,19 @@ def _block_stats(x, y, m, n_bins, sums, counts, slots):  # pragma: no cover (num
     sums[1] += sf2
     sums[2] += sbf
     sums[3] += sd2
-    counts[0] += nan_b
-    counts[1] += inf_b
-    counts[2] += nan_f
-    counts[3] += inf_f
+    if excluded:  # rare: tell NaN from Inf only in blocks that have either
+        _count_non_finite(x[:m], y[:m], counts)
     counts[4] += excluded
     return maxbits
+
+
+@njit(cache=True)
+def _count_non_finite(x, y, counts):  # pragma: no cover (numba)
+    for i in range(x.size):
+        counts[0] += np.isnan(x[i])
+        counts[1] += np.isinf(x[i])
+        counts[2] += np.isnan(y[i])
+        counts[3] += np.isinf(y[i])
 
 
 def delta_stats(base: torch.Tensor, ft: torch.Tensor, *, n_bins: int = 64,

@@ -67,6 +67,21 @@ def cuda_available() -> bool:
     return bool(cuda.is_available())
 
 
+@functools.cache
+def _prefer_workqueue_threads() -> None:
+    """Use numba's workqueue threads unless the user chose a layer (NUMBA_THREADING_LAYER).
+
+    Why: numba's default OpenMP pool and torch's OpenMP pool both spin-wait between
+    parallel regions; alternating torch ops and numba kernels on a small machine made
+    them starve each other (delta_stats ran ~6x slower, benchmarks/bench_kernels.py).
+    Takes effect only if no numba parallel kernel has run yet in this process.
+    """
+    if "NUMBA_THREADING_LAYER" not in os.environ:
+        import numba
+
+        numba.config.THREADING_LAYER = "workqueue"
+
+
 def backend_for(device: str) -> str:
     """The backend `resolve` uses for `device` ("cpu", "cuda", "cuda:1", ...)."""
     forced = os.environ.get(ENV_VAR, "").strip().lower()
@@ -94,6 +109,9 @@ def resolve(name: str, device: str) -> Callable:
     """
     if name not in _REGISTRY:
         raise KeyError(f"unknown kernel {name!r}; known: {', '.join(_REGISTRY)}")
-    module_name, func_name = _REGISTRY[name][backend_for(device)].split(":")
+    backend = backend_for(device)
+    if backend == "numba":
+        _prefer_workqueue_threads()
+    module_name, func_name = _REGISTRY[name][backend].split(":")
     module = importlib.import_module(f"mechdiff.kernels.{module_name}")
     return getattr(module, func_name)

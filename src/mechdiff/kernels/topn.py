@@ -47,18 +47,14 @@ class TopN:
             doc: int[M] document ids.
             pos: int[M] token positions.
         """
-        latent, act, doc, pos = (torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x)
-                                 for x in (latent, act, doc, pos))
+        latent, act, doc, pos = (_as_tensor(x, dtype, self.device) for x, dtype in (
+            (latent, torch.int64), (act, torch.float32), (doc, torch.int64), (pos, torch.int64)))
         if not latent.shape == act.shape == doc.shape == pos.shape or latent.ndim != 1:
             raise ValueError("latent, act, doc and pos must be 1-D of equal length")
         if latent.numel() and (int(latent.min()) < 0 or int(latent.max()) >= self.n_latents):
             raise ValueError(f"latent ids must lie in [0, {self.n_latents})")
-        keep = ~torch.isnan(act) & (act != -torch.inf)
-        entries = [t[keep].to(self.device, dtype).contiguous() for t, dtype in
-                   ((latent, torch.int64), (act, torch.float32), (doc, torch.int64),
-                    (pos, torch.int64))]
-        if entries[0].numel():
-            self._update(self.act, self.doc, self.pos, self.count, *entries)
+        if latent.numel():  # backends skip NaN and -inf activations themselves
+            self._update(self.act, self.doc, self.pos, self.count, latent, act, doc, pos)
 
     def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(act float32[F, n], doc int64[F, n], pos int64[F, n]), best first per latent.
@@ -112,10 +108,18 @@ class TopN:
         self.update(rows, act.ravel(), doc.ravel(), pos.ravel())
 
 
+def _as_tensor(x, dtype: torch.dtype, device: str) -> torch.Tensor:
+    """Contiguous tensor of `dtype` on `device`; numpy input of that dtype is not copied."""
+    t = x if torch.is_tensor(x) else torch.as_tensor(np.asarray(x))
+    return t.detach().to(device, dtype).contiguous()
+
+
 def topn_update_reference(state_act, state_doc, state_pos, state_count, latent, act, doc,
                           pos) -> None:
     """Torch reference: sort kept and new entries together, keep n per latent (rows sorted)."""
     n_latents, n = state_act.shape
+    valid = act > -torch.inf  # also False for NaN
+    latent, act, doc, pos = latent[valid], act[valid], doc[valid], pos[valid]
     filled = state_act.reshape(-1) != -torch.inf
     rows = torch.arange(n_latents, device=state_act.device).repeat_interleave(n)[filled]
     all_lat = torch.cat([rows, latent])
@@ -175,4 +179,5 @@ def _update_kernel(s_act, s_doc, s_pos, s_count, offsets, order, act, doc,
     for j in prange(s_act.shape[0]):
         for q in range(offsets[j], offsets[j + 1]):
             i = order[q]
-            _offer(s_act, s_doc, s_pos, s_count, j, act[i], doc[i], pos[i])
+            if act[i] > -np.inf:  # False for NaN too
+                _offer(s_act, s_doc, s_pos, s_count, j, act[i], doc[i], pos[i])

@@ -1,0 +1,137 @@
+"""Hot-path kernels against straightforward torch/numpy baselines, in the same process.
+
+Rows (issue 4 targets in `target`):
+- delta_stats/bf16: fused one-pass statistics vs torch upcast, subtract, norms, dot, max,
+  non-finite counts (the baseline computes no histogram, ours does); and vs a numpy copy
+  of the same input bytes (ratio = fraction of copy bandwidth we reach).
+- sparse_decode/fwd+bwd: CSR decode + backward vs dense f @ W_dec with autograd.
+- topn/update: per-latent heaps vs sorting each chunk (with the kept state) by latent.
+- latent_scaling/sums: per-latent sums vs torch index_add_ in float64.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from harness import make_row, time_call
+
+from mechdiff.kernels import TopN, delta_stats, latent_scaling_sums, sparse_decode
+from mechdiff.kernels.scaling import latent_scaling_reference
+
+
+def run(quick: bool) -> list[dict]:
+    """Run all kernel benchmarks; `quick` shrinks sizes for CI smoke runs."""
+    repeat = 3 if quick else 5
+    return [*bench_delta_stats(quick, repeat), bench_sparse_decode(quick, repeat),
+            bench_topn(quick, repeat), bench_latent_scaling(quick, repeat)]
+
+
+def bench_delta_stats(quick: bool, repeat: int) -> list[dict]:
+    n = 1 << (22 if quick else 25)
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(n, generator=gen).bfloat16()
+    ft = (base.float() + 1e-3 * torch.randn(n, generator=gen)).bfloat16()
+
+    def torch_sequence():
+        b, f = base.float(), ft.float()
+        d = f - b
+        return (torch.linalg.vector_norm(b), torch.linalg.vector_norm(f), torch.dot(b, f),
+                torch.linalg.vector_norm(d), d.abs().max(), (~torch.isfinite(b)).sum(),
+                (~torch.isfinite(f)).sum())
+
+    src = np.concatenate([base.view(torch.int16).numpy(), ft.view(torch.int16).numpy()])
+    dst = np.empty_like(src)
+    ours_s = time_call(lambda: delta_stats(base, ft), repeat=repeat)
+    torch_s = time_call(torch_sequence, repeat=repeat)
+    copy_s = time_call(lambda: np.copyto(dst, src), repeat=repeat)
+    gbytes = src.nbytes / 1e9
+    name = f"delta_stats/bf16/{n >> 20}M"
+    return [
+        make_row(name, "torch upcast+sub+norms+max", torch_s, ours_s, target=">=3",
+                 elements=n),
+        make_row(f"{name}/bandwidth", "numpy copy of the input bytes", copy_s, ours_s,
+                 target=">=0.5", ours_GBps=gbytes / ours_s, copy_GBps=gbytes / copy_s),
+    ]
+
+
+def bench_sparse_decode(quick: bool, repeat: int) -> dict:
+    n_latents, dim, k = 16384, 512, 64
+    batch = 512 if quick else 4096
+    gen = torch.Generator().manual_seed(1)
+    indices = torch.stack([torch.randperm(n_latents, generator=gen)[:k] for _ in range(batch)])
+    values = torch.rand(batch, k, generator=gen)
+    offsets = torch.arange(0, batch * k + 1, k)
+    W = torch.randn(n_latents, dim, generator=gen) / dim**0.5
+    grad = torch.randn(batch, dim, generator=gen)
+    f_dense = torch.zeros(batch, n_latents).scatter_(1, indices, values)
+
+    def dense():
+        f, w = f_dense.clone().requires_grad_(), W.clone().requires_grad_()
+        (f @ w).backward(grad)
+
+    def ours():
+        v, w = values.reshape(-1).clone().requires_grad_(), W.clone().requires_grad_()
+        sparse_decode(v, indices.reshape(-1), offsets, w).backward(grad)
+
+    dense_s = time_call(dense, repeat=repeat)
+    ours_s = time_call(ours, repeat=repeat)
+    return make_row(f"sparse_decode/fwd+bwd/B{batch}", "dense f @ W_dec, autograd", dense_s,
+                    ours_s, target=">=3", dict_size=n_latents, d=dim, active=k)
+
+
+class SortingTopN:
+    """Baseline: per chunk, sort kept + new entries by activation then latent, keep n."""
+
+    def __init__(self, n_latents: int, n: int) -> None:
+        self.n_latents, self.n = n_latents, n
+        self.lat = torch.zeros(0, dtype=torch.int64)
+        self.act = torch.zeros(0)
+        self.doc = torch.zeros(0, dtype=torch.int64)
+        self.pos = torch.zeros(0, dtype=torch.int64)
+
+    def update(self, lat, act, doc, pos) -> None:
+        lat, act, doc, pos = (torch.cat([a, torch.from_numpy(b)]) for a, b in
+                              ((self.lat, lat), (self.act, act), (self.doc, doc),
+                               (self.pos, pos)))
+        order = torch.sort(act, descending=True, stable=True).indices
+        order = order[torch.sort(lat[order], stable=True).indices]
+        counts = torch.bincount(lat, minlength=self.n_latents)
+        rank = torch.arange(order.numel()) - (torch.cumsum(counts, 0) - counts).repeat_interleave(counts)
+        keep = order[rank < self.n]
+        self.lat, self.act, self.doc, self.pos = lat[keep], act[keep], doc[keep], pos[keep]
+
+
+def bench_topn(quick: bool, repeat: int) -> dict:
+    n_latents, n, per_chunk = 16384, 16, 4096 * 64
+    n_chunks = 2 if quick else 8
+    rng = np.random.default_rng(2)
+    chunks = [(rng.integers(0, n_latents, per_chunk), rng.exponential(1.0, per_chunk).astype(np.float32),
+               np.full(per_chunk, c, np.int64), rng.integers(0, 4096, per_chunk))
+              for c in range(n_chunks)]
+
+    def stream(tracker_cls):
+        tracker = tracker_cls(n_latents, n)
+        for chunk in chunks:
+            tracker.update(*chunk)
+
+    baseline_s = time_call(lambda: stream(SortingTopN), repeat=repeat)
+    ours_s = time_call(lambda: stream(TopN), repeat=repeat)
+    return make_row(f"topn/update/{n_chunks}x{per_chunk}", "torch sort per chunk by latent",
+                    baseline_s, ours_s, target=">=20", n_latents=n_latents, n=n)
+
+
+def bench_latent_scaling(quick: bool, repeat: int) -> dict:
+    n_latents, dim, k = 16384, 512, 64
+    batch = 512 if quick else 4096
+    gen = torch.Generator().manual_seed(3)
+    indices = torch.stack([torch.randperm(n_latents, generator=gen)[:k] for _ in range(batch)])
+    values = torch.rand(batch * k, generator=gen)
+    offsets = torch.arange(0, batch * k + 1, k)
+    Y = torch.randn(batch, dim, generator=gen)
+    idx = indices.reshape(-1)
+    baseline_s = time_call(lambda: latent_scaling_reference(values, idx, offsets, Y, n_latents),
+                           repeat=repeat)
+    ours_s = time_call(lambda: latent_scaling_sums(values, idx, offsets, Y, n_latents=n_latents),
+                       repeat=repeat)
+    return make_row(f"latent_scaling/sums/B{batch}", "torch index_add_ float64", baseline_s,
+                    ours_s, target="none", dict_size=n_latents, d=dim, active=k)
