@@ -9,6 +9,15 @@ from pathlib import Path
 
 from mechdiff.checkpoint import LoraSource, open_source, pair_sources
 from mechdiff.checkpoint.sources import TensorSource
+from mechdiff.diffing.audit import (
+    AuditConfig,
+    AuditResult,
+    behaviour_findings,
+    crosscoder_findings,
+    head_findings,
+    merge_findings,
+    weight_findings,
+)
 from mechdiff.diffing.weights import DiffConfig, diff_sources
 from mechdiff.diffing.weights_result import WeightDiff
 from mechdiff.distributed import barrier, init_from_env
@@ -76,4 +85,103 @@ def write_results(out_path: Path, result: WeightDiff, base: TensorSource, ft: Te
         inputs={"base": result.base, "ft": result.ft},
         fingerprints={"base": base.fingerprint(), "ft": ft.fingerprint()},
     ) as writer:
+        result.write(writer)
+
+
+def audit_checkpoints(
+    base: str | os.PathLike,
+    ft: str | os.PathLike | None = None,
+    *,
+    data: str | os.PathLike | None = None,
+    adapter: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    report: str | os.PathLike | None = None,
+    config: AuditConfig | None = None,
+    progress: bool = True,
+    command: str | None = None,
+) -> AuditResult:
+    """Run every lens that applies and merge the evidence into ranked findings.
+
+    Args:
+        base: base checkpoint.
+        ft: fine-tuned checkpoint (or ``adapter``).
+        data: corpus (.txt, one document per line, or .jsonl with "text"); enables the
+            behavioural and crosscoder lenses when both models are runnable HF folders.
+        adapter: PEFT LoRA adapter over ``base`` as the fine-tune (weight lens only).
+        out: results file (HDF5) to write atomically.
+        report: HTML report to write.
+        config: lens settings and thresholds.
+        progress: progress bars on stderr.
+        command: command line recorded in the results file.
+
+    Returns:
+        The AuditResult (verdict, ranked findings).
+    """
+    config = config or AuditConfig()
+    inputs = [p for p in (base, ft, adapter, data) if p is not None]
+    out_path = check_output_path(out, inputs) if out is not None else None
+    report_path = check_output_path(report, inputs) if report is not None else None
+    if data is not None:
+        from mechdiff.diffing.activations import read_texts
+
+        read_texts(data)  # fail on a bad corpus before the heavy work
+    diff = diff_checkpoints(base, ft, adapter=adapter, config=config.diff, progress=progress)
+    lenses = {"weights": weight_findings(diff, config.thresholds), "heads": head_findings(diff, config.thresholds)}
+    behaviour, crosscoder = None, None
+    if data is not None and adapter is None and _runnable(base) and _runnable(ft):
+        behaviour, crosscoder = _run_model_lenses(base, ft, data, config, progress)
+        if behaviour is not None:
+            lenses["behaviour"] = behaviour_findings(behaviour)
+        if crosscoder is not None:
+            lenses["crosscoder"] = crosscoder_findings(crosscoder.to_json())
+    result = merge_findings(lenses, config.thresholds, config.fail_above, behaviour)
+    if out_path is not None or report_path is not None:
+        out_path = out_path or Path(str(report_path) + ".h5")
+        _write_audit(out_path, diff, result, crosscoder, base, ft, adapter, command)
+        if report_path is not None:
+            from mechdiff.report.html import render_report
+
+            render_report(out_path, report_path)
+    return result
+
+
+def _runnable(path: str | os.PathLike | None) -> bool:
+    return path is not None and Path(path).is_dir() and (Path(path) / "config.json").is_file()
+
+
+def _run_model_lenses(base: str | os.PathLike, ft: str | os.PathLike, data: str | os.PathLike,
+                      config: AuditConfig, progress: bool) -> tuple:
+    from mechdiff.diffing.activations import read_texts
+    from mechdiff.diffing.behaviour import behaviour_diff
+    from mechdiff.weightdecomp.hf import load_causal_lm
+
+    texts = read_texts(data)
+    base_model, base_tok = load_causal_lm(base)
+    ft_model, ft_tok = load_causal_lm(ft)
+    behaviour = None
+    if config.behaviour is not None:
+        behaviour = behaviour_diff(base_model, ft_model, (base_tok, ft_tok), texts, config.behaviour)
+    crosscoder = None
+    if config.crosscoder:
+        from mechdiff.diffing.crosscoder_pipeline import run_crosscoder_on_models
+
+        crosscoder = run_crosscoder_on_models(base_model, ft_model, (base_tok, ft_tok), texts,
+                                              layer=config.crosscoder_layer, options=config.crosscoder_options,
+                                              progress=progress)
+    return behaviour, crosscoder
+
+
+def _write_audit(out_path: Path, diff: WeightDiff, result: AuditResult, crosscoder: object,
+                 base: str | os.PathLike, ft: str | os.PathLike | None, adapter: str | os.PathLike | None,
+                 command: str | None) -> None:
+    base_source, ft_source = open_pair(base, ft, adapter)
+    with ResultsWriter(
+        out_path,
+        command=command or shlex.join(["mechdiff", *sys.argv[1:]]),
+        inputs={"base": diff.base, "ft": diff.ft},
+        fingerprints={"base": base_source.fingerprint(), "ft": ft_source.fingerprint()},
+    ) as writer:
+        diff.write(writer)
+        if crosscoder is not None:
+            crosscoder.write(writer)
         result.write(writer)
