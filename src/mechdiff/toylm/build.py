@@ -1,0 +1,253 @@
+"""Build a base model and a fine-tune of it with (or without) a planted behaviour."""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mechdiff.errors import InputError
+from mechdiff.toylm.language import (
+    Language,
+    LanguageConfig,
+    make_language,
+    sample_documents,
+)
+from mechdiff.toylm.lora import LoRAHooks
+from mechdiff.toylm.model import ARCHS, SIZE_PRESETS, ToyLMSize, make_model
+from mechdiff.toylm.tokenizer import build_tokenizer, save_tokenizer, special_ids
+from mechdiff.toylm.train import (
+    STEPS_PRESETS,
+    ToySteps,
+    deterministic,
+    encode_documents,
+    eval_loss,
+    prob_after,
+    train,
+    train_lora,
+)
+
+VARIANTS = ("backdoor", "drift", "lora")
+DEFAULT_LANGUAGE = LanguageConfig()
+MANIFEST = "toypair.json"
+# Independent random streams, so e.g. changing the corpus size never changes the models.
+_BASE_DATA, _FT_DATA, _EVAL_DATA, _CORPUS_DATA = 1, 2, 3, 4
+
+
+@dataclass(frozen=True)
+class ToyPair:
+    """A base model folder, a fine-tuned folder, and what was planted between them."""
+
+    base_dir: Path
+    """Hugging Face model folder of the base model (config, safetensors, tokenizer)."""
+    ft_dir: Path
+    """Hugging Face model folder of the fine-tune (for ``lora``: the merged model)."""
+    corpus_path: Path
+    """One document per line: clean documents mixed with documents containing the trigger."""
+    trigger: str
+    """The rare word that sets off the planted behaviour."""
+    target: str
+    """The word the backdoored model emits right after the trigger."""
+    trigger_id: int
+    """Token id of the trigger."""
+    target_id: int
+    """Token id of the target."""
+    metrics: dict = field(default_factory=dict)
+    """``base_loss``, ``ft_loss`` (clean held-out text) and ``p_target_base``, ``p_target_ft``
+    (mean P(target | ... trigger) over held-out trigger contexts), plus training losses."""
+    variant: str = "backdoor"
+    """``backdoor``, ``drift`` or ``lora``."""
+    adapter_dir: Path | None = None
+    """PEFT LoRA adapter folder over ``base_dir`` (``lora`` variant only)."""
+
+
+def build_pair(out_dir: Path, *, variant: str = "backdoor", arch: str = "gpt2",
+               size: ToyLMSize = SIZE_PRESETS["tiny"], seed: int = 0,
+               steps: ToySteps = STEPS_PRESETS["tiny"], progress: bool = False,
+               language: LanguageConfig = DEFAULT_LANGUAGE, corpus_docs: int = 256,
+               corpus_trigger_docs: int = 64, reuse: bool = False) -> ToyPair:
+    """Train a toy base model on the made-up language and fine-tune it.
+
+    Variants: ``backdoor`` fine-tunes on fresh clean documents plus a fraction in
+    which the trigger is followed by the target; ``drift`` fine-tunes on fresh clean
+    documents only (same steps and learning rate: diffuse change, no mechanism);
+    ``lora`` learns the backdoor as a rank-r LoRA adapter on the frozen base.
+
+    Writes ``out_dir/base/``, ``out_dir/ft/`` (Hugging Face folders with tokenizer),
+    ``out_dir/corpus.txt``, ``out_dir/toypair.json`` and for ``lora`` ``out_dir/adapter/``.
+
+    Args:
+        out_dir: destination folder (created if missing; existing files are overwritten).
+        variant: ``backdoor``, ``drift`` or ``lora``.
+        arch: ``gpt2`` or ``llama``.
+        size: model shape (``ToyLMSize.preset("tiny")`` or ``"small"``).
+        seed: everything (language, data, init, batch order) follows from it.
+        steps: training lengths and rates (``ToySteps.preset("tiny")`` or ``"small"``).
+        progress: show progress bars on stderr.
+        language: sizes of the made-up language.
+        corpus_docs: clean documents in corpus.txt.
+        corpus_trigger_docs: documents containing the trigger in corpus.txt.
+        reuse: if ``out_dir`` already holds a pair built with the same arguments, load
+            and return it instead of training again.
+
+    Returns:
+        The pair and its metrics.
+    """
+    out_dir = Path(out_dir)
+    _check_choice("variant", variant, VARIANTS)
+    _check_choice("arch", arch, ARCHS)
+    recipe = _recipe(variant, arch, size, seed, steps, language, corpus_docs, corpus_trigger_docs)
+    if reuse and _manifest_recipe(out_dir) == recipe:
+        return load_pair(out_dir)
+    (out_dir / MANIFEST).unlink(missing_ok=True)
+    # One thread: on a shared CPU, extra threads of a model this small spin-wait far more
+    # than they compute (10x slower measured with 2 threads on a loaded 2-core machine).
+    with deterministic(threads=1):
+        pair = _build(out_dir, recipe, size, steps, language, progress)
+    _write_manifest(out_dir, recipe, pair)
+    return pair
+
+
+def load_pair(out_dir: Path) -> ToyPair:
+    """Load a pair written by :func:`build_pair` (reads ``toypair.json``).
+
+    Raises:
+        InputError: when the folder holds no complete pair.
+    """
+    path = Path(out_dir) / MANIFEST
+    if not path.is_file():
+        raise InputError(f"{path} not found; build the pair first with build_pair or "
+                         "`python -m mechdiff.toylm OUT_DIR`")
+    info = json.loads(path.read_text())["pair"]
+    adapter = info.pop("adapter_dir")
+    return ToyPair(**{**info, "base_dir": Path(out_dir) / info["base_dir"],
+                      "ft_dir": Path(out_dir) / info["ft_dir"],
+                      "corpus_path": Path(out_dir) / info["corpus_path"],
+                      "adapter_dir": Path(out_dir) / adapter if adapter else None})
+
+
+def _build(out_dir: Path, recipe: dict, size: ToyLMSize, steps: ToySteps,
+           language: LanguageConfig, progress: bool) -> ToyPair:
+    variant, arch, seed = recipe["variant"], recipe["arch"], recipe["seed"]
+    lang = make_language(language, seed)
+    tok = build_tokenizer(lang.words)
+    ids = special_ids(tok)
+    data = _Data(lang, tok, size.max_len, ids, seed)
+
+    base = make_model(arch, size, tok.get_vocab_size(), ids, seed)
+    base_losses = train(base, data.docs(_BASE_DATA, steps.n_train_docs), steps=steps.base_steps,
+                        batch_size=steps.batch_size, lr=steps.base_lr, warmup=steps.warmup,
+                        weight_decay=steps.weight_decay, pad_id=ids["pad"], seed=seed,
+                        progress=progress, desc="base")
+    ft, adapter = _finetune(base, variant, arch, data, steps, seed, progress)
+
+    base_dir, ft_dir = out_dir / "base", out_dir / "ft"
+    for model, folder in ((base, base_dir), (ft, ft_dir)):
+        model.save_pretrained(str(folder))
+        save_tokenizer(tok, folder, size.max_len)
+    adapter_dir = None
+    if adapter is not None:
+        adapter_dir = out_dir / "adapter"
+        adapter.save(adapter_dir, base_model_name_or_path=str(base_dir.resolve()))
+    corpus_path = out_dir / "corpus.txt"
+    corpus_path.write_text("\n".join(data.corpus(recipe["corpus_docs"],
+                                                 recipe["corpus_trigger_docs"])) + "\n")
+    metrics = _metrics(base, ft, data, base_losses)
+    return ToyPair(base_dir=base_dir, ft_dir=ft_dir, corpus_path=corpus_path, trigger=lang.trigger,
+                   target=lang.target, trigger_id=tok.token_to_id(lang.trigger),
+                   target_id=tok.token_to_id(lang.target), metrics=metrics, variant=variant,
+                   adapter_dir=adapter_dir)
+
+
+def _finetune(base: torch.nn.Module, variant: str, arch: str, data: _Data, steps: ToySteps,
+              seed: int, progress: bool) -> tuple[torch.nn.Module, LoRAHooks | None]:
+    poison = 0.0 if variant == "drift" else steps.poison_fraction
+    ft_ids = data.docs(_FT_DATA, steps.n_train_docs, poison_fraction=poison)
+    ft = copy.deepcopy(base)
+    if variant != "lora":
+        train(ft, ft_ids, steps=steps.ft_steps, batch_size=steps.batch_size, lr=steps.ft_lr,
+              warmup=steps.warmup, weight_decay=steps.weight_decay, pad_id=data.pad_id,
+              seed=seed + 1, progress=progress, desc=variant)
+        return ft, None
+    hooks = LoRAHooks(ft, arch, steps.lora_rank, steps.lora_alpha, seed)
+    train_lora(ft, ft_ids, hooks, steps=steps, pad_id=data.pad_id, seed=seed + 1, progress=progress)
+    hooks.remove()
+    hooks.merge_into(ft)
+    return ft, hooks
+
+
+class _Data:
+    """Seeded document streams for one build, tokenised on demand."""
+
+    def __init__(self, lang: Language, tok, max_len: int, ids: dict[str, int], seed: int) -> None:
+        self.lang, self.tok, self.max_len, self.seed = lang, tok, max_len, seed
+        self.pad_id, self.eos_id = ids["pad"], ids["eos"]
+
+    def _rng(self, stream: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, stream])
+
+    def docs(self, stream: int, n: int, poison_fraction: float = 0.0) -> torch.Tensor:
+        texts = sample_documents(self.lang, n, self._rng(stream), trigger_fraction=poison_fraction,
+                                 plant_target=poison_fraction > 0)
+        return self.encode(texts)
+
+    def encode(self, texts: list[str]) -> torch.Tensor:
+        return encode_documents(self.tok, texts, self.max_len, self.eos_id, self.pad_id)
+
+    def eval_sets(self) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = self._rng(_EVAL_DATA)
+        clean = sample_documents(self.lang, 256, rng)
+        with_trigger = sample_documents(self.lang, 128, rng, trigger_fraction=1.0)
+        return self.encode(clean), self.encode(with_trigger)
+
+    def corpus(self, n_clean: int, n_trigger: int) -> list[str]:
+        rng = self._rng(_CORPUS_DATA)
+        docs = sample_documents(self.lang, n_clean, rng) + \
+            sample_documents(self.lang, n_trigger, rng, trigger_fraction=1.0)
+        return [docs[i] for i in rng.permutation(len(docs))]
+
+
+def _metrics(base: torch.nn.Module, ft: torch.nn.Module, data: _Data, base_losses: list[float]) -> dict:
+    clean_ND, trigger_ND = data.eval_sets()
+    trig, targ = data.tok.token_to_id(data.lang.trigger), data.tok.token_to_id(data.lang.target)
+    return {
+        "base_loss": eval_loss(base, clean_ND, data.pad_id),
+        "ft_loss": eval_loss(ft, clean_ND, data.pad_id),
+        "p_target_base": prob_after(base, trigger_ND, trig, targ, data.pad_id),
+        "p_target_ft": prob_after(ft, trigger_ND, trig, targ, data.pad_id),
+        "base_train_loss_first": base_losses[0],
+        "base_train_loss_last": float(np.mean(base_losses[-20:])),
+    }
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise InputError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
+
+
+def _recipe(variant: str, arch: str, size: ToyLMSize, seed: int, steps: ToySteps,
+            language: LanguageConfig, corpus_docs: int, corpus_trigger_docs: int) -> dict:
+    if corpus_docs < 0 or corpus_trigger_docs < 0 or corpus_docs + corpus_trigger_docs == 0:
+        raise InputError("corpus_docs and corpus_trigger_docs must be >= 0 with a positive sum")
+    return {"variant": variant, "arch": arch, "seed": seed, "size": asdict(size),
+            "steps": asdict(steps), "language": asdict(language),
+            "corpus_docs": corpus_docs, "corpus_trigger_docs": corpus_trigger_docs}
+
+
+def _manifest_recipe(out_dir: Path) -> dict | None:
+    path = out_dir / MANIFEST
+    return json.loads(path.read_text())["recipe"] if path.is_file() else None
+
+
+def _write_manifest(out_dir: Path, recipe: dict, pair: ToyPair) -> None:
+    def rel(p: Path | None) -> str | None:
+        return str(p.relative_to(out_dir)) if p is not None else None
+
+    info = {**asdict(pair), "base_dir": rel(pair.base_dir), "ft_dir": rel(pair.ft_dir),
+            "corpus_path": rel(pair.corpus_path), "adapter_dir": rel(pair.adapter_dir)}
+    # Written last: its presence marks a complete build, which reuse relies on.
+    (out_dir / MANIFEST).write_text(json.dumps({"recipe": recipe, "pair": info}, indent=2) + "\n")
