@@ -123,5 +123,80 @@ def show(results: str, top: int | None, as_json: bool) -> None:
         click.echo(text)
 
 
+@main.command()
+@click.argument("base", type=click.Path())
+@click.argument("ft", type=click.Path(), required=False)
+@click.option("--data", type=click.Path(), help="Corpus (.txt one document per line, or .jsonl with 'text').")
+@click.option("--adapter", type=click.Path(), help="PEFT LoRA adapter folder: FT = BASE + adapter.")
+@click.option("-o", "--out", type=click.Path(), help="Results file (HDF5) to write.")
+@click.option("--report", type=click.Path(), help="HTML report to write.")
+@click.option("--fail-above", type=float, default=None, help="Exit 1 when a finding scores above this.")
+@click.option("--layer", type=int, default=None, help="Crosscoder layer (default: middle).")
+@click.option("--no-crosscoder", is_flag=True, help="Skip the crosscoder lens.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--top", type=click.IntRange(1), default=None, help="Findings shown (default 10) / emitted (all).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@handle_errors
+def audit(base: str, ft: str | None, data: str | None, adapter: str | None, out: str | None, report: str | None,
+          fail_above: float | None, layer: int | None, no_crosscoder: bool, device: str, top: int | None,
+          as_json: bool, no_progress: bool) -> None:
+    """Audit FT against BASE: every lens that applies, ranked findings, a verdict (exit 1 above --fail-above)."""
+    from mechdiff.api import audit_checkpoints
+    from mechdiff.diffing.audit import AuditConfig
+    from mechdiff.diffing.weights import DiffConfig
+
+    if (ft is None) == (adapter is None):
+        raise click.UsageError("give either FT or --adapter DIR (not both, not neither)")
+    config = AuditConfig(diff=DiffConfig(device=device), crosscoder=not no_crosscoder, crosscoder_layer=layer,
+                         fail_above=fail_above)
+    result = audit_checkpoints(base, ft, data=data, adapter=adapter, out=out, report=report, config=config,
+                               progress=not no_progress)
+    _print_audit(result.to_json(), top, as_json)
+    if fail_above is not None and result.exceeds(fail_above):
+        sys.exit(1)
+
+
+def _print_audit(document: dict, top: int | None, as_json: bool) -> None:
+    from mechdiff.report.terminal import render_audit
+
+    if as_json:
+        emit_json({**document, "findings": document["findings"][:top]})
+    else:
+        click.echo(render_audit(document, top=top or 10))
+
+
+@main.command()
+@click.argument("results", type=click.Path())
+@click.option("-o", "--out", type=click.Path(), required=True, help="HTML file to write.")
+@handle_errors
+def report(results: str, out: str) -> None:
+    """Render any results file as a self-contained HTML report."""
+    from mechdiff.report.html import render_report
+    from mechdiff.store import check_output_path
+
+    check_output_path(out, [results])
+    click.echo(str(render_report(results, out)))
+
+
+@main.command()
+@click.option("-o", "--out", type=click.Path(), default="demo-out", show_default=True, help="Folder for everything.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@handle_errors
+def demo(out: str, as_json: bool) -> None:
+    """Build a tiny model and a backdoored fine-tune, audit them, write results and a report."""
+    from mechdiff.demo import run_demo
+
+    document = run_demo(out)
+    if as_json:
+        emit_json(document)
+    else:
+        from mechdiff.report.terminal import render_audit
+
+        click.echo(render_audit(document["audit"], top=5))
+        click.echo(f"\nPlanted: after '{document['trigger']}' the fine-tune says '{document['target']}'. "
+                   f"Results: {document['results']}  Report: {document['report']}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -31,6 +31,32 @@ def _weights(results: Results, top: int | None) -> tuple[dict, str]:
     return diff.to_json(top=top), render_weight_diff(diff, top=top or 15)
 
 
+@summarizer("audit")
+def _audit(results: Results, top: int | None) -> tuple[dict, str]:
+    import json
+
+    from mechdiff.report.terminal import render_audit
+
+    part = results.part("audit")
+    attrs = part.attrs
+    findings = []
+    if "findings" in part.keys():
+        for row in part.table("findings"):
+            findings.append({"rank": int(row["rank"]), "method": str(row["method"]), "score": float(row["score"]),
+                             "summary": str(row["summary"]), "evidence": json.loads(row["evidence"]),
+                             "linked": json.loads(row["linked"]),
+                             "location": {"layer": _none(row["layer"]), "head": _none(row["head"]),
+                                          "tensor": str(row["tensor"]) or None, "latent": _none(row["latent"])}})
+    document = {"verdict": attrs.get("verdict"), "thresholds": attrs.get("thresholds", {}),
+                "lenses": attrs.get("lenses", []), "findings": findings[:top]}
+    return document, render_audit(document, top=top or 10)
+
+
+def _none(value: object) -> int | None:
+    number = int(value)  # type: ignore[arg-type]
+    return None if number < 0 else number
+
+
 def _generic(results: Results, name: str) -> tuple[dict, str]:
     part = results.part(name)
     attrs = {k: v for k, v in part.attrs.items() if not isinstance(v, (list, dict)) or len(str(v)) < 400}

@@ -64,3 +64,17 @@ def _lists(diff: WeightDiff) -> list[str]:
         if len(diff.warnings) > 20:
             lines.append(f"  ... and {len(diff.warnings) - 20} more")
     return lines
+
+
+def render_audit(document: dict, top: int = 10) -> str:
+    """The verdict and the top findings of an audit (its ``to_json()`` document)."""
+    verdict = document["verdict"]
+    threshold = document["thresholds"]["finding"]
+    banner = "FINDINGS" if verdict == "findings" else "PASS"
+    lines = [f"Verdict: {banner} (a finding counts above score {threshold:g}; lenses: {', '.join(document['lenses'])})", ""]
+    rows = []
+    for f in document["findings"][:top]:
+        linked = "+" + ",".join(sorted({link["method"] for link in f["linked"]})) if f["linked"] else ""
+        rows.append([str(f["rank"]), f"{f['score']:.2f}", f["method"] + linked, f["summary"]])
+    lines += _table(["#", "score", "lens", "finding"], rows) if rows else ["No findings."]
+    return "\n".join(lines)
