@@ -21,7 +21,7 @@ from mechdiff.kernels.scaling import latent_scaling_reference
 
 def run(quick: bool) -> list[dict]:
     """Run all kernel benchmarks; `quick` shrinks sizes for CI smoke runs."""
-    repeat = 3 if quick else 5
+    repeat = 3
     return [*bench_delta_stats(quick, repeat), bench_sparse_decode(quick, repeat),
             bench_topn(quick, repeat), bench_latent_scaling(quick, repeat)]
 

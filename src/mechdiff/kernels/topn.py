@@ -8,6 +8,7 @@ by (doc, pos). NaN and -inf activations are ignored (-inf marks empty slots).
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import torch
 from numba import njit, prange
@@ -31,10 +32,11 @@ class TopN:
         if n_latents < 0 or n < 1:
             raise ValueError(f"need n_latents >= 0 and n >= 1, got {n_latents}, {n}")
         self.n_latents, self.n, self.device = n_latents, n, str(device)
-        self.act = torch.full((n_latents, n), -torch.inf, device=device)
-        self.doc = torch.full((n_latents, n), -1, dtype=torch.int64, device=device)
-        self.pos = torch.full((n_latents, n), -1, dtype=torch.int64, device=device)
-        self.count = torch.zeros(n_latents, dtype=torch.int64, device=device)
+        # filled by numpy: torch's fill wakes its thread pool, slow on a busy small machine
+        self.act = torch.from_numpy(np.full((n_latents, n), -np.inf, np.float32)).to(device)
+        self.doc = torch.from_numpy(np.full((n_latents, n), -1, np.int64)).to(device)
+        self.pos = torch.from_numpy(np.full((n_latents, n), -1, np.int64)).to(device)
+        self.count = torch.from_numpy(np.zeros(n_latents, np.int64)).to(device)
         # chosen once: backends keep rows in different orders (heap vs sorted)
         self._update = resolve("topn_update", self.device)
 
@@ -51,10 +53,15 @@ class TopN:
             (latent, torch.int64), (act, torch.float32), (doc, torch.int64), (pos, torch.int64)))
         if not latent.shape == act.shape == doc.shape == pos.shape or latent.ndim != 1:
             raise ValueError("latent, act, doc and pos must be 1-D of equal length")
-        if latent.numel() and (int(latent.min()) < 0 or int(latent.max()) >= self.n_latents):
+        if not latent.numel():
+            return
+        # numpy on the host: a torch reduction here cost more than the whole update when
+        # torch's thread pool competed with numba's on a busy 2-core machine
+        ids = latent.numpy() if latent.device.type == "cpu" else latent
+        if int(ids.min()) < 0 or int(ids.max()) >= self.n_latents:
             raise ValueError(f"latent ids must lie in [0, {self.n_latents})")
-        if latent.numel():  # backends skip NaN and -inf activations themselves
-            self._update(self.act, self.doc, self.pos, self.count, latent, act, doc, pos)
+        # backends skip NaN and -inf activations themselves
+        self._update(self.act, self.doc, self.pos, self.count, latent, act, doc, pos)
 
     def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(act float32[F, n], doc int64[F, n], pos int64[F, n]), best first per latent.
@@ -146,38 +153,24 @@ def topn_update_reference(state_act, state_doc, state_pos, state_count, latent, 
 
 def topn_update_numba(state_act, state_doc, state_pos, state_count, latent, act, doc,
                       pos) -> None:
-    """numba CPU loop: group entries by latent, then one heap per latent in parallel."""
+    """numba CPU loop: each thread scans all entries and serves the latents it owns."""
     host = [t.cpu() for t in (state_act, state_doc, state_pos, state_count)]
-    arrays = [t.numpy() for t in host]
-    lat, a, d, p = (t.cpu().numpy() for t in (latent, act, doc, pos))
-    _update_kernel(*arrays, *_group_by_latent(lat, state_act.shape[0]), a, d, p)
+    entries = [t.cpu().numpy() for t in (latent, act, doc, pos)]
+    _update_kernel(*(t.numpy() for t in host), *entries, numba.get_num_threads())
     for target, source in zip((state_act, state_doc, state_pos, state_count), host, strict=True):
         if target.device.type != "cpu":
             target.copy_(source)
 
 
-@njit(cache=True)
-def _group_by_latent(latent, n_latents):  # pragma: no cover (numba)
-    """Counting sort: (offsets[F + 1], order[M]) with entries of latent j at
-    order[offsets[j]:offsets[j + 1]] in arrival order."""
-    offsets = np.zeros(n_latents + 1, np.int64)
-    for i in range(latent.size):
-        offsets[latent[i] + 1] += 1
-    for j in range(n_latents):
-        offsets[j + 1] += offsets[j]
-    fill = offsets[:-1].copy()
-    order = np.empty(latent.size, np.int64)
-    for i in range(latent.size):
-        order[fill[latent[i]]] = i
-        fill[latent[i]] += 1
-    return offsets, order
-
-
-@njit(parallel=True)
-def _update_kernel(s_act, s_doc, s_pos, s_count, offsets, order, act, doc,
-                   pos):  # pragma: no cover (numba)
-    for j in prange(s_act.shape[0]):
-        for q in range(offsets[j], offsets[j + 1]):
-            i = order[q]
-            if act[i] > -np.inf:  # False for NaN too
+@njit(parallel=True, cache=True)
+def _update_kernel(s_act, s_doc, s_pos, s_count, latent, act, doc, pos,
+                   n_parts):  # pragma: no cover (numba)
+    # Latents are split among threads by id; each thread reads every entry (a cheap
+    # sequential scan) and keeps arrival order per latent. Sorting entries by latent
+    # first cost more than the heaps: most entries are rejected by one comparison
+    # with the heap root once the heaps are full.
+    for part in prange(n_parts):
+        for i in range(latent.size):
+            j = latent[i]
+            if j % n_parts == part and act[i] > -np.inf:  # the comparison is False for NaN
                 _offer(s_act, s_doc, s_pos, s_count, j, act[i], doc[i], pos[i])
