@@ -185,3 +185,56 @@ def _write_audit(out_path: Path, diff: WeightDiff, result: AuditResult, crosscod
         if crosscoder is not None:
             crosscoder.write(writer)
         result.write(writer)
+
+
+def decompose_model(
+    model: str | os.PathLike | None,
+    *,
+    toy: str | None = None,
+    module_globs: list[str] | None = None,
+    data: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    seed: int = 0,
+    overrides: dict | None = None,
+    progress: bool = True,
+) -> dict:
+    """Stochastic parameter decomposition of a local HF model's modules, or of a toy model.
+
+    Args:
+        model: Hugging Face folder (None with ``toy``).
+        toy: "tms-5-2", "tms-40-10", "tms-5-2-id" or "resid-mlp": trained from scratch,
+            decomposed, and scored against its known features.
+        module_globs: module name globs for ``model``.
+        data: text file for ``model`` (KL output distance).
+        out: results file (HDF5) to write atomically.
+        seed: random seed.
+        overrides: SPDConfig fields to change (None values are ignored).
+        progress: progress bars on stderr.
+
+    Returns:
+        A JSON-able summary (toy: the ground-truth metrics).
+    """
+    import dataclasses
+
+    from mechdiff.weightdecomp.spd_config import SPDConfig
+
+    out_path = check_output_path(out, [p for p in (model, data) if p is not None]) if out is not None else None
+    changes = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if toy is not None:
+        from mechdiff.weightdecomp.toy import TOY_CONFIGS, run_toy
+
+        config = dataclasses.replace(TOY_CONFIGS[toy], seed=seed, **changes)
+        report = run_toy(toy, config, seed=seed, progress=progress)
+        decomposition, document = report.decomposition, report.to_json()
+    else:
+        from mechdiff.weightdecomp.hf import decompose_hf
+
+        config = dataclasses.replace(SPDConfig(), seed=seed, **changes)
+        decomposition = decompose_hf(model, module_globs or [], data, config, progress=progress)
+        document = {"modules": list(decomposition.modules), "n_alive": decomposition.n_alive(),
+                    "config": decomposition.config.to_dict()}
+    if out_path is not None:
+        with ResultsWriter(out_path, command=shlex.join(["mechdiff", *sys.argv[1:]]),
+                           inputs={"model": str(model or f"toy:{toy}")}) as writer:
+            decomposition.write(writer)
+    return document

@@ -167,6 +167,33 @@ def _print_audit(document: dict, top: int | None, as_json: bool) -> None:
 
 
 @main.command()
+@click.argument("model", type=click.Path(), required=False)
+@click.option("--toy", type=click.Choice(["tms-5-2", "tms-40-10", "tms-5-2-id", "resid-mlp"]),
+              help="Train a toy model with known mechanisms and decompose it (no MODEL).")
+@click.option("--modules", "globs", multiple=True, help="Module name globs to decompose (repeatable).")
+@click.option("--data", type=click.Path(), help="Text file for a Hugging Face model (KL output distance).")
+@click.option("-o", "--out", type=click.Path(), help="Results file (HDF5) to write.")
+@click.option("--components", type=click.IntRange(1), default=None, help="Subcomponents per matrix.")
+@click.option("--steps", type=click.IntRange(1), default=None, help="Training steps.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@handle_errors
+def decompose(model: str | None, toy: str | None, globs: tuple[str, ...], data: str | None, out: str | None,
+              components: int | None, steps: int | None, seed: int, as_json: bool, no_progress: bool) -> None:
+    """Stochastic parameter decomposition of MODEL's --modules (or of a --toy model with ground truth)."""
+    from mechdiff.api import decompose_model
+
+    if (model is None) == (toy is None):
+        raise click.UsageError("give either MODEL (with --modules and --data) or --toy NAME")
+    if model is not None and (not globs or data is None):
+        raise click.UsageError("decomposing MODEL needs --modules GLOB and --data FILE")
+    document = decompose_model(model, toy=toy, module_globs=list(globs), data=data, out=out, seed=seed,
+                               overrides={"n_components": components, "steps": steps}, progress=not no_progress)
+    emit_json(document) if as_json else click.echo(json.dumps(document, indent=2, default=str))
+
+
+@main.command()
 @click.argument("results", type=click.Path())
 @click.option("-o", "--out", type=click.Path(), required=True, help="HTML file to write.")
 @handle_errors

@@ -71,3 +71,17 @@ def test_usage_errors_exit_2(pair):
     assert run("diff", base, ft, "--adapter", ft).exit_code == 2
     assert run("diff", base, ft, "--rank", "0").exit_code == 2
     assert run("nonsense").exit_code == 2
+
+
+def test_decompose_toy_writes_components(tmp_path):
+    out = tmp_path / "d.h5"
+    result = run("decompose", "--toy", "tms-5-2", "--steps", "50", "--json", "--no-progress", "-o", out)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["name"] == "tms-5-2" and doc["n_components"] == 20 and doc["steps"] == 50
+    from mechdiff.store import open_results
+
+    with open_results(out) as res:
+        assert len(res.components.table("components")) == 40  # 20 per matrix, two matrices
+    assert run("decompose").exit_code == 2
+    assert run("decompose", "some_model").exit_code == 2
