@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -146,9 +148,10 @@ def _build(out_dir: Path, recipe: dict, size: ToyLMSize, steps: ToySteps,
     ft, adapter = _finetune(base, variant, arch, data, steps, seed, progress)
 
     base_dir, ft_dir = out_dir / "base", out_dir / "ft"
-    for model, folder in ((base, base_dir), (ft, ft_dir)):
-        model.save_pretrained(str(folder))
-        save_tokenizer(tok, folder, size.max_len)
+    with _hf_progress(progress):
+        for model, folder in ((base, base_dir), (ft, ft_dir)):
+            model.save_pretrained(str(folder))
+            save_tokenizer(tok, folder, size.max_len)
     adapter_dir = None
     if adapter is not None:
         adapter_dir = out_dir / "adapter"
@@ -222,6 +225,19 @@ def _metrics(base: torch.nn.Module, ft: torch.nn.Module, data: _Data, base_losse
         "base_train_loss_first": base_losses[0],
         "base_train_loss_last": float(np.mean(base_losses[-20:])),
     }
+
+
+@contextlib.contextmanager
+def _hf_progress(enabled: bool) -> Iterator[None]:
+    """Silence transformers' "Writing model shards" bars unless progress was asked for."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
+    try:
+        yield
+    finally:
+        (hf_logging.enable_progress_bar if was else hf_logging.disable_progress_bar)()
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
