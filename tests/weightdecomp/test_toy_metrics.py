@@ -69,3 +69,22 @@ def test_toy_input_validation():
         run_toy("tms-3-1")
     with pytest.raises(InputError):
         ResidMLPTask(probability=0.0)
+
+
+def test_short_spd_on_tms_5_2_finds_the_feature_directions():
+    # A short run (the full one to the targets lives in benchmarks/bench_spd.py):
+    # the components already point along the five true feature columns and most are dead.
+    from dataclasses import replace
+
+    from mechdiff.weightdecomp.toy import TOY_CONFIGS
+
+    report = run_toy("tms-5-2", replace(TOY_CONFIGS["tms-5-2"], steps=600), progress=False)
+    assert report.mmcs >= 0.95
+    assert 5 <= report.n_alive < 20
+    assert np.asarray(report.ci_pattern).shape == (5, 20)
+    # Every one-hot feature makes at least one component important.
+    assert (np.asarray(report.ci_pattern).max(axis=1) > 0.5).all()
+    doc = report.to_json()
+    assert doc["targets"]["mmcs>=0.99"] == (report.mmcs >= 0.99)
+    assert doc["config"]["steps"] == 600 and "decomposition" not in doc
+    assert report.steps_per_s == pytest.approx(600 / report.seconds)

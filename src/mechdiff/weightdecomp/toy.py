@@ -24,19 +24,22 @@ from mechdiff.weightdecomp.toy_models import (
 
 TOYS = ("tms-5-2", "tms-5-2-id", "tms-40-10", "resid-mlp")
 
-# SPD settings per toy: the published coefficients (C, importance coefficient, p),
-# with fewer steps and a larger learning rate so the toys finish on a laptop CPU.
+# SPD settings per toy: the published coefficients (C, importance coefficient, p;
+# Bushnaq et al. 2025) with batch 256 instead of 4096 and a 5x larger learning
+# rate, so the toys converge in ~10x fewer examples on a CPU. Toy data is drawn
+# conditioned on at least one active feature: an all-zero input has zero inner
+# activations, so it teaches the reconstruction losses nothing.
 AT_LEAST_ONE = True
 
 TOY_CONFIGS: dict[str, SPDConfig] = {
     "tms-5-2": SPDConfig(n_components=20, importance_minimality_coeff=3e-3, pnorm=1.0,
-                         steps=3000, batch_size=1024, lr=3e-3),
+                         steps=8000, batch_size=256, lr=5e-3, eval_batches=32),
     "tms-5-2-id": SPDConfig(n_components=20, importance_minimality_coeff=3e-3, pnorm=1.0,
-                            steps=3000, batch_size=1024, lr=3e-3),
+                            steps=8000, batch_size=256, lr=5e-3, eval_batches=32),
     "tms-40-10": SPDConfig(n_components=200, importance_minimality_coeff=1e-4, pnorm=2.0,
-                           steps=10000, batch_size=2048, lr=3e-3),
+                           steps=10000, batch_size=256, lr=5e-3, eval_batches=32),
     "resid-mlp": SPDConfig(n_components=100, importance_minimality_coeff=1e-5, pnorm=2.0,
-                           steps=4000, batch_size=2048, lr=3e-3),
+                           steps=4000, batch_size=256, lr=5e-3, eval_batches=32),
 }
 
 
@@ -209,7 +212,9 @@ def _targets(name: str, report: ToyReport, setup: _ToySetup) -> dict[str, bool]:
         return {"one_input_component_per_feature": report.features_one_component == setup.n_features}
     targets = {
         "mmcs>=0.99": report.mmcs >= 0.99,
-        f"n_alive=={setup.n_features}": report.n_alive == setup.n_features,
+        # Both the embedding and the read-out matrix hold one component per feature.
+        f"n_alive=={setup.n_features}": all(report.n_alive_per_module[m] == setup.n_features
+                                            for m in ("linear1", "linear2")),
     }
     if name != "tms-40-10":
         targets["0.95<=ml2r<=1.05"] = 0.95 <= report.ml2r <= 1.05
