@@ -13,8 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "reliability"))
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from safetensors_fuzz import check_file, safetensors_files  # noqa: E402
+from hypothesis import HealthCheck, given, settings
+from safetensors_fuzz import check_file, safetensors_files
 
 
 def run(quick: bool) -> list[dict]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "diff_checkpoints", "open_results", "ResultsWriter"]
+__all__ = ["ResultsWriter", "__version__", "diff_checkpoints", "open_results"]
 
 _LAZY = {
     "open_results": ("mechdiff.store", "open_results"),

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from ckpt_builders import GPT2_CONFIG, LLAMA_CONFIG, gpt2_state, llama_state, save_folder
+from ckpt_builders import (
+    GPT2_CONFIG,
+    LLAMA_CONFIG,
+    gpt2_state,
+    llama_state,
+    save_folder,
+)
 
 from mechdiff.checkpoint import open_source, pair_sources, select_layout
 from mechdiff.checkpoint.layout import layout_names

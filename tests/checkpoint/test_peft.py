@@ -7,7 +7,13 @@ import math
 
 import pytest
 import torch
-from ckpt_builders import GPT2_CONFIG, LLAMA_CONFIG, gpt2_state, llama_state, save_folder
+from ckpt_builders import (
+    GPT2_CONFIG,
+    LLAMA_CONFIG,
+    gpt2_state,
+    llama_state,
+    save_folder,
+)
 from safetensors.torch import save_file
 
 from mechdiff.checkpoint import LoraSource, open_source

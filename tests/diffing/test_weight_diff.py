@@ -7,7 +7,15 @@ import json
 import numpy as np
 import pytest
 import torch
-from ckpt_builders import GPT2_CONFIG, LLAMA_CONFIG, drift, gpt2_state, llama_state, low_rank, save_folder
+from ckpt_builders import (
+    GPT2_CONFIG,
+    LLAMA_CONFIG,
+    drift,
+    gpt2_state,
+    llama_state,
+    low_rank,
+    save_folder,
+)
 
 from mechdiff.api import diff_checkpoints
 from mechdiff.diffing.weights_result import load_weight_diff

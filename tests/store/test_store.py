@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 
 from mechdiff.errors import InputError
-from mechdiff.store import ResultsWriter, SCHEMA_VERSION, check_output_path, open_results
+from mechdiff.store import (
+    SCHEMA_VERSION,
+    ResultsWriter,
+    check_output_path,
+    open_results,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,10 +49,9 @@ def test_failure_inside_the_writer_keeps_the_previous_result(tmp_path):
     out = tmp_path / "r.h5"
     with ResultsWriter(out, command="first") as w:
         w.attrs("", {"note": "first"})
-    with pytest.raises(RuntimeError):
-        with ResultsWriter(out, command="second") as w:
-            w.attrs("", {"note": "second"})
-            raise RuntimeError("crash mid-write")
+    with pytest.raises(RuntimeError), ResultsWriter(out, command="second") as w:
+        w.attrs("", {"note": "second"})
+        raise RuntimeError("crash mid-write")
     assert not (tmp_path / "r.h5.tmp").exists()
     with open_results(out) as res:
         assert res.attrs["note"] == "first"

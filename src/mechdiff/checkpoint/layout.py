@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from typing import Any
 
@@ -103,7 +103,7 @@ def _template_regex(template: str) -> re.Pattern[str]:
     return re.compile("^" + r"(\d+)".join(parts) + "$")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _layout_files() -> dict[str, dict[str, Any]]:
     folder = resources.files("mechdiff.checkpoint") / "layouts"
     specs = {}

@@ -12,7 +12,12 @@ from typing import Any
 
 import torch
 
-from mechdiff.checkpoint.sources import PickleFile, SafetensorsFile, TensorMeta, TensorSource
+from mechdiff.checkpoint.sources import (
+    PickleFile,
+    SafetensorsFile,
+    TensorMeta,
+    TensorSource,
+)
 from mechdiff.errors import InputError
 
 _PREFIX = "base_model.model."
@@ -102,7 +107,7 @@ class LoraSource:
         for key in self._weights.names():
             if "lora_magnitude_vector" in key:
                 raise InputError(f"{self.adapter_dir}: DoRA adapters are not supported yet")
-            stripped = key[len(_PREFIX):] if key.startswith(_PREFIX) else key
+            stripped = key.removeprefix(_PREFIX)
             match = _LORA_KEY.match(stripped)
             if match:
                 self._lora.setdefault(match["module"], {})[match["part"]] = key

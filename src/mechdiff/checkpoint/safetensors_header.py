@@ -7,6 +7,7 @@ a hang or an allocation sized by a number the file made up.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import struct
@@ -141,6 +142,6 @@ def _is_count(value: object) -> bool:
 
 def _check_layout(p: Path, entries: dict[str, TensorEntry], body_len: int) -> None:
     spans = sorted((e.begin, e.end, e.name) for e in entries.values() if e.end > e.begin)
-    for (_, end_a, name_a), (begin_b, _, name_b) in zip(spans, spans[1:]):
+    for (_, end_a, name_a), (begin_b, _, name_b) in itertools.pairwise(spans):
         if begin_b < end_a:
             raise InputError(f"{p}: tensors {name_a!r} and {name_b!r} overlap in the file; it is corrupt")

@@ -16,7 +16,11 @@ from typing import Any, Protocol
 
 import torch
 
-from mechdiff.checkpoint.safetensors_header import DTYPE_BITS, SafetensorsHeader, read_header
+from mechdiff.checkpoint.safetensors_header import (
+    DTYPE_BITS,
+    SafetensorsHeader,
+    read_header,
+)
 from mechdiff.errors import InputError
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")

@@ -7,7 +7,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mechdiff.diffing.behaviour import BehaviourConfig, BehaviourResult
-from mechdiff.diffing.findings import OUTLIER_FACTOR, Finding, findings_table, link_and_rank
+from mechdiff.diffing.findings import (
+    OUTLIER_FACTOR,
+    Finding,
+    findings_table,
+    link_and_rank,
+)
 from mechdiff.diffing.weights import DiffConfig
 from mechdiff.diffing.weights_result import WeightDiff
 

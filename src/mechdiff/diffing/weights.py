@@ -18,7 +18,13 @@ from mechdiff.diffing.readout import ReadoutMatrices, Vocabulary
 from mechdiff.diffing.weights_result import TensorChange, WeightDiff
 from mechdiff.distributed import DistContext, gather_to_main, shard_by_size
 from mechdiff.kernels import delta_stats
-from mechdiff.weightdecomp.spectral import SpectralConfig, Spectrum, analyze_delta, intruder_dimensions, score_1d
+from mechdiff.weightdecomp.spectral import (
+    SpectralConfig,
+    Spectrum,
+    analyze_delta,
+    intruder_dimensions,
+    score_1d,
+)
 
 NATIVE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 

@@ -31,8 +31,8 @@ def render_weight_diff(diff: WeightDiff, top: int = 15) -> str:
     structured = [c for c in diff.changes if c.rank > 0]
     lines = [
         f"mechdiff: {diff.base}  ->  {diff.ft}   (layout: {diff.layout})",
-        f"{len(diff.changes)} tensors compared; {len(structured)} with structured (low-rank) change, "
-        f"{len(diff.changes) - len(structured)} drift only",
+        (f"{len(diff.changes)} tensors compared; {len(structured)} with structured (low-rank) change, "
+        f"{len(diff.changes) - len(structured)} drift only"),
         "",
         "Top changes (score = structured change relative to the base tensor's norm)",
     ]

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import h5py
 import numpy as np
 
 from mechdiff.errors import InputError
-from mechdiff.store.schema import MAGIC_ATTR, SCHEMA_VERSION, decode_structured, from_attr
+from mechdiff.store.schema import (
+    MAGIC_ATTR,
+    SCHEMA_VERSION,
+    decode_structured,
+    from_attr,
+)
 
 _PART_CLASSES: dict[str, type[Part]] = {}
 
@@ -78,7 +83,7 @@ class Results:
 
     @property
     def parts(self) -> list[str]:
-        return [name for name in self.file.keys() if isinstance(self.file[name], h5py.Group)]
+        return [name for name in self.file if isinstance(self.file[name], h5py.Group)]
 
     def part(self, name: str) -> Part:
         if name not in self.file:
@@ -95,7 +100,7 @@ class Results:
     def close(self) -> None:
         self.file.close()
 
-    def __enter__(self) -> Results:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

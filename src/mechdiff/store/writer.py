@@ -6,7 +6,7 @@ import datetime as _dt
 import os
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import h5py
 import numpy as np
@@ -79,7 +79,7 @@ class ResultsWriter:
             MAGIC_ATTR: SCHEMA_VERSION,
             "schema_version": SCHEMA_VERSION,
             "mechdiff_version": __version__,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "command": command,
         }
         for name, value in (inputs or {}).items():
@@ -88,7 +88,7 @@ class ResultsWriter:
             self._root_attrs[f"{name}_fingerprint"] = str(value)
         self._file: h5py.File | None = None
 
-    def __enter__(self) -> ResultsWriter:
+    def __enter__(self) -> Self:
         try:
             self._file = h5py.File(self.tmp_path, "w")
         except OSError as exc:
