@@ -1,0 +1,129 @@
+"""Report sections of the crosscoder (/crosscoder): latent classes, pictures, ft-only contexts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from mechdiff.report import plots
+from mechdiff.report.html_page import (
+    Markup,
+    Section,
+    esc,
+    figure,
+    fmt_num,
+    highlight_context,
+    table,
+)
+
+TOP_LATENTS = 10
+CONTEXTS_PER_LATENT = 3
+# Column names of the text of a top context, in the order they are looked for.
+CONTEXT_TEXT_COLUMNS = ("context", "text")
+
+
+def find_table(part: Any, needed: set[str], preferred: str) -> np.ndarray | None:
+    """The first table of ``part`` (``preferred`` first) that has all ``needed`` columns."""
+    present = list(part.keys())
+    for name in [preferred] + [k for k in present if k != preferred]:
+        if name not in present:
+            continue
+        try:
+            data = part.table(name)
+        except (KeyError, TypeError, AttributeError):
+            continue  # a group or a plain array, not a table
+        if data.dtype.names and needed <= set(data.dtype.names):
+            return data
+    return None
+
+
+def crosscoder_sections(part: Any) -> list[Section]:
+    """What the crosscoder contributes: headline numbers, the two pictures, ft-only latents.
+
+    Args:
+        part: the ``/crosscoder`` part of an open results file.
+
+    Returns:
+        Sections (empty when the part holds no per-latent table).
+    """
+    latents = find_table(part, {"delta", "cls"}, "latents")
+    if latents is None:
+        return []
+    figures = _figures(latents)
+    sections = [Section("Crosscoder latents", Markup(_headline(latents, part.attrs)
+                                                     + f'<div class="figs">{"".join(figures)}</div>'),
+                        "Relative decoder norm \u0394 per latent: near 1 the latent exists only in the fine-tune, "
+                        "near 0 only in the base; decoder cosine says whether shared latents kept their direction.")]
+    ft_only = _ft_only_section(latents, find_table(part, {"latent"}, "contexts"))
+    if ft_only:
+        sections.append(ft_only)
+    return sections
+
+
+def _headline(latents: np.ndarray, attrs: dict[str, Any]) -> str:
+    classes = [str(c) for c in latents["cls"]]
+    counts = ", ".join(f"{name} {classes.count(name)}" for name in ("ft-only", "base-only", "shared", "other", "dead")
+                       if classes.count(name))
+    stats = [f"{len(classes)} latents ({counts})"]
+    for key, label in (("fve_base", "FVE base"), ("fve_ft", "FVE ft"), ("l0", "L0"), ("dead_fraction", "dead")):
+        if key in attrs and isinstance(attrs[key], (int, float)):
+            stats.append(f"{label} {fmt_num(attrs[key])}")
+    return f'<p>{esc("; ".join(stats))}</p>'
+
+
+def _figures(latents: np.ndarray) -> list[Markup]:
+    cls = [str(c) for c in latents["cls"]]
+    delta = np.asarray(latents["delta"], dtype=float)
+    out = []
+    hist = plots.relnorm_histogram(delta, cls)
+    if hist:
+        out.append(figure(hist, "relative norm histogram", "relative decoder norm of live latents (log count)"))
+    if "cos" in latents.dtype.names:
+        scatter = plots.delta_cos_scatter(delta, np.asarray(latents["cos"], dtype=float), cls)
+        if scatter:
+            out.append(figure(scatter, "relative norm against decoder cosine", "\u0394 against decoder cosine"))
+    return out
+
+
+def _ft_only_section(latents: np.ndarray, contexts: np.ndarray | None) -> Section | None:
+    names = latents.dtype.names
+    chosen = [(int(row["latent"]) if "latent" in names else i, row)
+              for i, row in enumerate(latents) if str(row["cls"]) == "ft-only"]
+    if not chosen:
+        return None
+    if "freq" in names:
+        chosen.sort(key=lambda item: -float(item[1]["freq"]))
+    by_latent = _contexts_by_latent(contexts)
+    rows = []
+    for latent, row in chosen[:TOP_LATENTS]:
+        texts = by_latent.get(latent, [])[:CONTEXTS_PER_LATENT]
+        cells = "".join(f"<div>{highlight_context(text)}</div>" for text in texts)
+        rows.append([latent, fmt_num(float(row["delta"])), _opt(row, "cos"), _opt(row, "freq"), _opt(row, "nu_eps"),
+                     _opt(row, "nu_r"), Markup(cells or '<span class="muted">no contexts stored</span>')])
+    body = table(["latent", "\u0394", "cos", "freq", "\u03bd^\u03b5", "\u03bd^r", "top-activating contexts"], rows,
+                 numeric=(0, 1, 2, 3, 4, 5))
+    note = (f"{len(chosen)} latents with \u0394 \u2265 0.9, most frequent first. Small \u03bd\u03b5 / \u03bdr "
+            "(latent scaling) mean the latent is genuinely fine-tune specific, not a sparsity artifact.")
+    return Section("Fine-tune-only latents", body, note)
+
+
+def _opt(row: np.void, name: str) -> str:
+    return fmt_num(float(row[name])) if name in row.dtype.names else "-"
+
+
+def _contexts_by_latent(contexts: np.ndarray | None) -> dict[int, list[str]]:
+    if contexts is None:
+        return {}
+    column = next((c for c in CONTEXT_TEXT_COLUMNS if c in contexts.dtype.names), None)
+    if column is None:
+        return {}
+    order = np.arange(len(contexts))
+    for key in ("act", "activation"):
+        if key in contexts.dtype.names:
+            order = np.argsort(-np.asarray(contexts[key], dtype=float), kind="stable")
+            break
+    grouped: dict[int, list[str]] = {}
+    for i in order:
+        grouped.setdefault(int(contexts[i]["latent"]), []).append(str(contexts[i][column]))
+    return grouped
