@@ -33,7 +33,7 @@ def noisy_pair(n: int, dtype: torch.dtype, seed: int) -> tuple[torch.Tensor, tor
     return base.to(dtype), ft.to(dtype)
 
 
-@pytest.mark.parametrize("n", [0, 1, 2, 7, 1031, 65537])
+@pytest.mark.parametrize("n", [0, 1, 2, 7, 1031, 65537, 131101])  # last: parallel path
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_numba_matches_reference_on_awkward_sizes(n, dtype):
     base, ft = noisy_pair(n, dtype, seed=n)

@@ -28,6 +28,7 @@ from mechdiff.kernels.resolver import resolve
 HIST_TOP_EXP = 16
 MAX_BINS = 256
 BLOCK = 1024
+SERIAL_BELOW = 1 << 17
 # reassoc lets LLVM vectorize the float reductions; no nnan/ninf, so x != x and the
 # infinity tests keep their IEEE meaning (tests check the NaN/Inf counts).
 FASTMATH = {"reassoc", "contract"}
@@ -171,8 +172,11 @@ def delta_stats_numba(base: torch.Tensor, ft: torch.Tensor, n_bins: int) -> Delt
     b, kind = as_bits_or_float(base)
     f, _ = as_bits_or_float(ft)
     table = _fp16_table() if kind == 2 else np.zeros(1, np.float32)
-    n_chunks = max(1, min(b.size // (16 * BLOCK), 4 * numba.get_num_threads()))
-    sums, maxbits, counts, hist = _delta_stats_kernel(b, f, kind, table, n_bins, n_chunks)
+    if b.size < SERIAL_BELOW:  # waking threads costs more than these tensors' work
+        sums, maxbits, counts, hist = _delta_stats_serial(b, f, kind, table, n_bins)
+    else:
+        n_chunks = max(1, min(b.size // (16 * BLOCK), 4 * numba.get_num_threads()))
+        sums, maxbits, counts, hist = _delta_stats_kernel(b, f, kind, table, n_bins, n_chunks)
     max_abs = float(np.int64(maxbits.max()).view(np.float64))
     tot = counts.sum(axis=0)
     return DeltaStats(b.size, *(float(s) for s in sums.sum(axis=0)), max_abs,
@@ -193,6 +197,15 @@ def _delta_stats_kernel(b, f, kind, table, n_bins, n_chunks):  # pragma: no cove
         maxbits[c] = _chunk_stats(b[c * chunk:stop], f[c * chunk:stop], kind, table,
                                   n_bins, sums[c], counts[c], hist[c])
     return sums, maxbits, counts, hist
+
+
+@njit(cache=True)
+def _delta_stats_serial(b, f, kind, table, n_bins):  # pragma: no cover (numba)
+    sums = np.zeros((1, 4))
+    counts = np.zeros((1, 5), np.int64)
+    hist = np.zeros((1, n_bins + 2), np.int64)
+    maxbits = _chunk_stats(b, f, kind, table, n_bins, sums[0], counts[0], hist[0])
+    return sums, np.full(1, maxbits, np.int64), counts, hist
 
 
 @njit(cache=True)
