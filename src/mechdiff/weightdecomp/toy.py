@@ -96,6 +96,7 @@ class ToyReport:
     ci_pattern: list[list[float]]
     steps: int
     seconds: float
+    cpu_seconds: float
     steps_per_s: float
     target_seconds: float
     targets: dict[str, bool]
@@ -180,15 +181,39 @@ def _run_toy(name: str, config: SPDConfig, seed: int, progress: bool) -> ToyRepo
     t0 = time.perf_counter()
     setup = _setup(name, seed)
     target_seconds = time.perf_counter() - t0
-    data = feature_batches(config.batch_size, setup.n_features, setup.probability, seed + 1, setup.low,
-                           at_least_one=AT_LEAST_ONE)
-    t1 = time.perf_counter()
-    decomp = decompose_module(setup.model, setup.globs, data, config, "mse", progress=progress)
-    seconds = time.perf_counter() - t1
-    return _score(name, setup, decomp, seconds, target_seconds)
+    t1, cpu1 = time.perf_counter(), time.process_time()
+    decomp = decompose_tms_like(setup.model, setup.globs, setup.n_features, config, seed=seed,
+                                probability=setup.probability, low=setup.low, progress=progress)
+    seconds, cpu_seconds = time.perf_counter() - t1, time.process_time() - cpu1
+    return _score(name, setup, decomp, seconds, cpu_seconds, target_seconds)
 
 
-def _score(name: str, setup: _ToySetup, decomp: Decomposition, seconds: float, target_seconds: float) -> ToyReport:
+def decompose_tms_like(
+    model: torch.nn.Module, module_globs: list[str], n_features: int, config: SPDConfig, *,
+    seed: int = 0, probability: float = 0.05, low: float = 0.0, progress: bool = False,
+) -> Decomposition:
+    """SPD of a toy model fed sparse features (MSE output distance), single-threaded.
+
+    Args:
+        model: a model taking [batch, n_features] sparse feature vectors.
+        module_globs: weights to decompose.
+        n_features: input width.
+        config: SPD config (``batch_size`` examples per step).
+        seed: data seed (the data stream uses ``seed + 1``).
+        probability: feature firing probability.
+        low: feature values ~ U(low, 1).
+        progress: show a progress bar on stderr.
+
+    Returns:
+        The :class:`Decomposition`.
+    """
+    data = feature_batches(config.batch_size, n_features, probability, seed + 1, low, at_least_one=AT_LEAST_ONE)
+    with _torch_threads(1):
+        return decompose_module(model, module_globs, data, config, "mse", progress=progress)
+
+
+def _score(name: str, setup: _ToySetup, decomp: Decomposition, seconds: float, cpu_seconds: float,
+           target_seconds: float) -> ToyReport:
     primary = decomp.modules[setup.primary]
     V_FC = setup.inputs_for_primary_FI.numpy() @ primary.V_IC
     mmcs, ml2r, _ = mmcs_ml2r(setup.true_OF, primary.U_CO, V_FC)
@@ -200,7 +225,7 @@ def _score(name: str, setup: _ToySetup, decomp: Decomposition, seconds: float, t
         name=name, mmcs=mmcs, ml2r=ml2r, n_alive=n_alive[setup.primary], n_alive_per_module=n_alive,
         n_components=decomp.config.n_components, features_one_component=one_each,
         n_features=setup.n_features, ci_pattern=np.round(ci_FC, 3).tolist(), steps=steps,
-        seconds=seconds, steps_per_s=steps / seconds, target_seconds=target_seconds,
+        seconds=seconds, cpu_seconds=cpu_seconds, steps_per_s=steps / seconds, target_seconds=target_seconds,
         targets={}, decomposition=decomp,
     )
     report.targets = _targets(name, report, setup)

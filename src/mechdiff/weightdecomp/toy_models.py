@@ -122,8 +122,9 @@ class ResidMLPTask:
     n_features: int = 100
     """Input features."""
 
-    d_embed: int = 1000
-    """Residual stream width (fixed random unit-norm embedding)."""
+    d_embed: int = 200
+    """Residual stream width (fixed random unit-norm embedding; the paper uses 1000, 200 keeps
+    the 100 embeddings nearly orthogonal at a fifth of the CPU cost)."""
 
     d_mlp: int = 50
     """MLP neurons (fewer than features: computation in superposition)."""
@@ -152,7 +153,7 @@ class ResidMLP(nn.Module):
         return resid_BD @ self.W_E_FD.T
 
 
-def train_resid_mlp(task: ResidMLPTask, *, steps: int = 3000, batch: int = 2048, lr: float = 3e-3,
+def train_resid_mlp(task: ResidMLPTask, *, steps: int = 3000, batch: int = 256, lr: float = 3e-3,
                     seed: int = 0) -> tuple[ResidMLP, Tensor]:
     """Train the residual MLP on the compressed-computation task.
 
