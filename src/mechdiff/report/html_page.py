@@ -65,10 +65,11 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[object]], numeric: Seq
     return Markup(f'<table class="{css_class}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>')
 
 
-def figure(png_base64: str, alt: str, caption: str = "") -> Markup:
-    """An embedded PNG (``data:`` URI) with an optional caption."""
+def figure(png_base64: str, alt: str, caption: str = "", wide: bool = False) -> Markup:
+    """An embedded PNG (``data:`` URI) with an optional caption; ``wide`` spans a whole grid row."""
     cap = f"<figcaption>{esc(caption)}</figcaption>" if caption else ""
-    return Markup(f'<figure><img alt="{esc(alt)}" src="data:image/png;base64,{png_base64}">{cap}</figure>')
+    cls = ' class="wide"' if wide else ""
+    return Markup(f'<figure{cls}><img alt="{esc(alt)}" src="data:image/png;base64,{png_base64}">{cap}</figure>')
 
 
 def token_chip(token: str) -> Markup:
@@ -238,6 +239,7 @@ mark{background:#ffd84d;border-radius:3px;padding:0 2px;font-weight:600}
 .figs{display:grid;grid-template-columns:repeat(auto-fit,minmax(440px,1fr));gap:12px}
 figure{margin:0;border:1px solid var(--line);border-radius:8px;padding:8px;background:#fff}
 figure img{max-width:100%;height:auto;display:block;margin:0 auto}
+figure.wide{grid-column:1/-1}
 figcaption{color:var(--muted);font-size:12px;margin-top:4px}
 details{font-size:12px}summary{cursor:pointer;color:var(--accent)}
 dl.ev{display:grid;grid-template-columns:max-content 1fr;gap:0 10px;margin:4px 0}

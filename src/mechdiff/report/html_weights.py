@@ -23,6 +23,7 @@ from mechdiff.report.html_page import (
 TOP_TENSORS = 15
 TOP_HEADS = 12
 TOP_SPECTRA = 6
+WIDE_HEATMAP_LAYERS = 8  # more layers than this: the heatmap takes a whole row
 
 
 def short_name(tensor: str) -> str:
@@ -44,8 +45,9 @@ def weight_sections(diff: WeightDiff) -> list[Section]:
     pictures = _pictures(diff)
     if pictures:
         sections.append(Section("Where the structured change is", Markup(f'<div class="figs">{"".join(pictures)}</div>'),
-                                "Left: the largest score per layer and kind of tensor (log colour scale; "
-                                "r<k> marks k directions above the noise bulk). Right: attention heads."))
+                                "Heatmap: the largest score per layer and kind of tensor (log colour scale; "
+                                "r<k> marks k directions above the noise bulk). Bars: the most changed attention "
+                                "heads, red where a head's change is structured."))
     spectrum = _spectra_figure(diff)
     if spectrum:
         sections.append(Section("Singular-value spectra of the top tensors", spectrum,
@@ -85,7 +87,9 @@ def _pictures(diff: WeightDiff) -> list[Markup]:
                                     [c.kind for c in diff.changes], [c.score for c in diff.changes],
                                     [c.rank for c in diff.changes])
     if heat:
-        out.append(figure(heat, "layer by kind heatmap of scores", "score per layer and tensor kind"))
+        n_layers = len({c.layer for c in diff.changes if c.layer is not None})
+        out.append(figure(heat, "layer by kind heatmap of scores", "score per layer and tensor kind",
+                          wide=n_layers > WIDE_HEATMAP_LAYERS))
     heads = diff.heads[:TOP_HEADS]
     bars = plots.head_bars([f"L{h.layer} H{h.head} {h.kind}" for h in heads], [h.score for h in heads],
                            [h.rank for h in heads])
