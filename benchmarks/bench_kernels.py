@@ -15,15 +15,24 @@ import numpy as np
 import torch
 from harness import make_row, time_call
 
-from mechdiff.kernels import TopN, delta_stats, latent_scaling_sums, sparse_decode
+from mechdiff.kernels import (
+    TopN,
+    cuda_available,
+    delta_stats,
+    latent_scaling_sums,
+    sparse_decode,
+)
 from mechdiff.kernels.scaling import latent_scaling_reference
 
 
 def run(quick: bool) -> list[dict]:
     """Run all kernel benchmarks; `quick` shrinks sizes for CI smoke runs."""
     repeat = 3
-    return [*bench_delta_stats(quick, repeat), bench_sparse_decode(quick, repeat),
+    rows = [*bench_delta_stats(quick, repeat), bench_sparse_decode(quick, repeat),
             bench_topn(quick, repeat), bench_latent_scaling(quick, repeat)]
+    if cuda_available():
+        rows.append(bench_delta_stats_gpu(quick, repeat))
+    return rows
 
 
 def bench_delta_stats(quick: bool, repeat: int) -> list[dict]:
@@ -135,3 +144,23 @@ def bench_latent_scaling(quick: bool, repeat: int) -> dict:
                        repeat=repeat)
     return make_row(f"latent_scaling/sums/B{batch}", "torch index_add_ float64", baseline_s,
                     ours_s, target="none", dict_size=n_latents, d=dim, active=k)
+
+
+def bench_delta_stats_gpu(quick: bool, repeat: int) -> dict:
+    """numba.cuda delta stats vs the torch sequence, both on the GPU (synchronized)."""
+    n = 1 << (24 if quick else 28)
+    base = torch.randn(n, device="cuda").bfloat16()
+    ft = (base.float() + 1e-3 * torch.randn(n, device="cuda")).bfloat16()
+
+    def torch_sequence():
+        b, f = base.float(), ft.float()
+        d = f - b
+        out = (torch.linalg.vector_norm(b), torch.linalg.vector_norm(f), torch.dot(b, f),
+               torch.linalg.vector_norm(d), d.abs().max(), (~torch.isfinite(b)).sum())
+        torch.cuda.synchronize()
+        return out
+
+    torch_s = time_call(torch_sequence, repeat=repeat)
+    ours_s = time_call(lambda: delta_stats(base, ft), repeat=repeat)  # returns host values
+    return make_row(f"gpu/delta_stats/bf16/{n >> 20}M", "torch sequence on the GPU", torch_s,
+                    ours_s, device=torch.cuda.get_device_name())

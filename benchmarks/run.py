@@ -20,7 +20,7 @@ from harness import discover, format_table, load_module, validate_row
 BENCH_DIR = Path(__file__).resolve().parent
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, bench_dir: Path = BENCH_DIR) -> int:
     """Parse arguments, run the selected benchmarks, print results; returns the exit code."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, for CI smoke runs")
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="run only bench_NAME.py (repeatable)")
     args = parser.parse_args(argv)
 
-    paths = discover(BENCH_DIR, args.only)
+    paths = discover(bench_dir, args.only)
     if not paths:
         print(f"no benchmark matches {args.only}", file=sys.stderr)
         return 2

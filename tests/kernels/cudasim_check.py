@@ -7,12 +7,13 @@ real GPU with --device cuda. Exits non-zero on the first mismatch.
 
 import argparse
 import math
+import os
 
 import numpy as np
 import torch
 
 from mechdiff.kernels import cuda_kernels as ck
-from mechdiff.kernels import decode, scaling, topn
+from mechdiff.kernels import decode, delta_stats, resolve, scaling, topn
 from mechdiff.kernels.delta import delta_stats_reference
 
 
@@ -80,6 +81,17 @@ def check_topn(device: str) -> None:
         np.testing.assert_array_equal(a, b)
 
 
+def check_env_selects_cuda(device: str) -> None:
+    os.environ["MECHDIFF_KERNELS"] = "cuda"
+    try:
+        assert resolve("delta_stats", device) is ck.delta_stats_cuda
+        stats = delta_stats(torch.tensor([1.0, 2.0], device=device),
+                            torch.tensor([1.0, 4.0], device=device))
+        assert (stats.sum_d2, stats.n_zero, stats.max_abs_d) == (4.0, 1, 2.0)
+    finally:
+        del os.environ["MECHDIFF_KERNELS"]
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--device", default="cpu")
@@ -87,4 +99,5 @@ if __name__ == "__main__":
     check_delta_stats(device)
     check_sparse(device)
     check_topn(device)
+    check_env_selects_cuda(device)
     print("cuda kernels agree with the references")
