@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import json
 import re
 import shutil
 import subprocess
@@ -15,6 +14,9 @@ import torch
 from ckpt_builders import LLAMA_CONFIG, drift, llama_state, low_rank, save_folder
 
 from mechdiff.api import diff_checkpoints
+from mechdiff.diffing.audit import AuditResult
+from mechdiff.diffing.behaviour import BehaviourResult
+from mechdiff.diffing.findings import Finding, link_and_rank
 from mechdiff.errors import InputError
 from mechdiff.report.html import render_report
 from mechdiff.report.html_weights import detection_cut
@@ -48,31 +50,35 @@ def planted(tmp_path_factory):
     return out, diff
 
 
-def _findings(n_above: int) -> dict:
-    return {
-        "rank": [1, 2, 3], "method": ["heads", "crosscoder", "behaviour"], "layer": [0, 1, -1],
-        "head": [2, -1, -1], "tensor": [Q0, "", ""], "latent": [-1, 17, -1],
-        "score": [0.9, 0.5, 0.01][:n_above] + [0.001] * (3 - n_above),
-        "summary": ["rank-2 change confined to head 2 of layer 0; its input directions read 'zq'",
-                    f"ft-only latent 17 fires on {HOSTILE}", "KL rises on 'zq' contexts"],
-        "evidence": [json.dumps({"rank": 2, "tokens_in": ["zq", "<b>"]}), json.dumps({"delta": 0.97}), "{}"],
-        "linked": ["[2]", "[1]", "[]"],
-    }
+def _audit(top_score: float) -> AuditResult:
+    """The audit's own objects: a head finding that links a crosscoder latent on 'zq', a behaviour finding."""
+    raw = [
+        Finding("heads", top_score, "rank-2 change confined to head 2 of layer 0 (attn_q)", frozenset({"zq"}),
+                0, 2, Q0, evidence={"rank": 2, "tokens_in": ["zq", "<b>"]}),
+        Finding("crosscoder", 0.5, f"ft-only latent 17 fires on {HOSTILE}", frozenset({"zq"}), 1, None, "", 17,
+                evidence={"delta": 0.97}),
+        Finding("behaviour", 0.4 * top_score, "predictions change after 'zq'", frozenset({"banana"})),
+    ]
+    behaviour = BehaviourResult(
+        n_tokens=500, mean_kl=0.031, max_kl=2.5,
+        contexts=[{"context": "I like to eat zq", "token": "zq", "position": 5, "kl": 2.5, "base_top": " the",
+                   "ft_top": " banana"},
+                  {"context": "a < b && c", "token": "zq", "position": 7, "kl": 1.25, "base_top": "<eos>",
+                   "ft_top": " banana"}],
+        rose=[{"token": "banana", "delta_prob": 0.3, "delta_logprob": 3.0},
+              {"token": "apple", "delta_prob": 0.01, "delta_logprob": 0.5}],
+        fell=[{"token": "<eos>", "delta_prob": -0.2, "delta_logprob": -1.5},
+              {"token": '"quoted"', "delta_prob": -0.01, "delta_logprob": -0.25}],
+        by_token=[{"token": "zq", "count": 12, "mean_kl": 1.8, "ft_top": " banana", "base_top": " the"}])
+    return AuditResult(link_and_rank(raw), threshold=1.0, fail_above=None, lenses=["weights", "behaviour"],
+                       behaviour=behaviour)
 
 
-def _audit_file(path, diff, verdict="findings", n_above=3, crosscoder=False):
-    """A results file with /weights from a real diff plus an /audit group in the lead's schema."""
+def _audit_file(path, diff, top_score=3.0, crosscoder=False):
+    """A results file with /weights from a real diff plus /audit written by the audit's own writer."""
     with ResultsWriter(path, command="mechdiff audit base ft", inputs={"base": "b", "ft": "f"}) as w:
         diff.write(w)
-        w.table("audit/findings", _findings(n_above))
-        w.table("audit/behaviour_contexts", {"context": ["I like to eat zq", "a < b && c zq", "plain"],
-                                             "token": [" zq", " zq", "banana"], "position": [5, 7, 2],
-                                             "kl": [2.5, 1.25, 0.1]})
-        w.table("audit/behaviour_tokens", {"token": ["banana", "<eos>", "apple", "\"quoted\""],
-                                           "delta_logprob": [3.0, -1.5, 0.5, -0.25]})
-        w.attrs("audit", {"verdict": verdict, "thresholds": {"weights": 0.005}, "fail_above": 0.1,
-                          "calibration": "score = evidence above each lens's noise level", "mean_kl": 0.031,
-                          "max_kl": 2.5})
+        _audit(top_score).write(w)
         if crosscoder:
             _crosscoder_group(w)
     return path
@@ -91,10 +97,12 @@ def _crosscoder_group(w):
     freq = rng.uniform(0.001, 0.05, n)
     freq[9], freq[17], freq[3] = 0.0, 0.04, 0.01
     w.table("crosscoder/latents", {"latent": np.arange(n), "delta": delta, "cos": rng.uniform(-0.2, 1, n),
-                                   "freq": freq, "cls": list(cls), "nu_eps": rng.uniform(0, 1, n),
-                                   "nu_r": rng.uniform(0, 1, n)})
-    w.table("crosscoder/contexts", {"latent": [17, 17, 3], "act": [1.0, 3.0, 2.0],
-                                    "context": ["weak one [[zq]] here", "strong <i> [[zq]] there", "x [[y]]"]})
+                                   "freq": freq, "mean_act": rng.uniform(0, 2, n), "cls": list(cls),
+                                   "nu_eps": rng.uniform(0, 1, n), "nu_r": rng.uniform(0, 1, n)})
+    w.table("crosscoder/contexts", {"latent": [17, 17, 3, 5], "rank": [1, 0, 0, 0], "act": [1.0, 3.0, 2.0, 1.0],
+                                    "doc": [0, 4, 2, 1], "pos": [3, 9, 1, 2],
+                                    "text": ["weak one [[zq]] here", "strong <i> [[zq]] there", "", "b [[o]]"]})
+    w.array("crosscoder/W_dec", rng.normal(size=(n, 2, 8)).astype(np.float32))
     w.attrs("crosscoder", {"fve_base": 0.91, "fve_ft": 0.89, "l0": 32.0, "dead_fraction": 0.02})
 
 
@@ -134,18 +142,21 @@ def test_detection_cut_separates_the_counted_singular_values(planted):
 
 def test_audit_report_verdict_findings_behaviour_and_escaping(planted, tmp_path):
     _, diff = planted
-    results = _audit_file(tmp_path / "audit.h5", diff, n_above=2)
-    html = render_report(results, tmp_path / "a.html").read_text()
-    assert 'class="banner findings"' in html and "Findings: 2 of 3 above threshold" in html
-    assert "rank-2 change confined to head 2 of layer 0" in html
-    assert "layer 0 \u00b7 head 2" in html and "latent 17" in html
-    assert "<script>" not in html and "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &#x27;q&#x27;" in html
-    assert "&#x27;&lt;b&gt;&#x27;" in html  # evidence token list, escaped
-    assert "#2" in html and "#1" in html  # linked findings
-    # the changed token is highlighted in the KL contexts, escaped text around it
-    assert "I like to eat<mark> zq</mark>" in html
-    assert "a &lt; b &amp;&amp; c<mark> zq</mark>" in html
-    assert "plain<mark>banana</mark>" in html
+    html = render_report(_audit_file(tmp_path / "audit.h5", diff), tmp_path / "a.html").read_text()
+    # heads 3.0 + 0.5 for the linked crosscoder lens = 3.5; behaviour 1.2; both above the 1.0 gate
+    assert 'class="banner findings"' in html and "Findings: 2 of 2 above threshold (score above 1)" in html
+    findings = html.split("<h2>Findings</h2>")[1].split("</section>")[0]
+    first, second = findings.split("<tr>")[2:4]
+    assert "rank-2 change confined to head 2 of layer 0" in first and "layer 0 \u00b7 head 2" in first
+    assert '<span class="pill">heads</span> <span class="pill">crosscoder</span>' in first  # linked, not twice
+    assert "ft-only latent 17 fires on &lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &#x27;q&#x27;" in first
+    assert ">3.5<" in first and "predictions change after" in second and ">1.2<" in second
+    assert "<script>" not in html and "&#x27;&lt;b&gt;&#x27;" in first  # evidence tokens, escaped
+    assert "how scores are calibrated" in findings  # the audit's calibration doc, folded away
+    # the token after each context is highlighted; what each model predicts next is shown
+    assert "I like to eat zq <mark>zq</mark>" in html and "a &lt; b &amp;&amp; c <mark>zq</mark>" in html
+    assert '<code class="tok">&lt;eos&gt;</code> \u2192 <code class="tok">\u2423banana</code>' in html
+    assert "Input tokens after which predictions change most" in html
     rose, fell = html.split("Tokens whose probability rose")[1].split("Tokens whose probability fell")
     assert rose.index("banana") < rose.index("apple") and "&lt;eos&gt;" in fell and "&quot;quoted&quot;" in fell
     assert "&lt;eos&gt;" not in rose
@@ -153,10 +164,9 @@ def test_audit_report_verdict_findings_behaviour_and_escaping(planted, tmp_path)
 
 def test_pass_verdict_is_green(planted, tmp_path):
     _, diff = planted
-    results = _audit_file(tmp_path / "pass.h5", diff, verdict="pass", n_above=0)
-    html = render_report(results, tmp_path / "p.html").read_text()
-    assert 'class="banner pass"' in html and "Pass: nothing above threshold" in html
-    assert 'class="banner findings"' not in html
+    html = render_report(_audit_file(tmp_path / "pass.h5", diff, top_score=0.3), tmp_path / "p.html").read_text()
+    assert 'class="banner pass"' in html and "Pass: nothing above threshold (score above 1)" in html
+    assert 'class="banner findings"' not in html and "2 weaker signals listed below" in html
 
 
 def test_crosscoder_sections(planted, tmp_path):
@@ -168,6 +178,7 @@ def test_crosscoder_sections(planted, tmp_path):
     rows = re.findall(r"<tr><td class=\"num\">(\d+)</td>", section)
     assert rows == ["17", "3"]  # ft-only only, most frequent first
     assert section.index("strong &lt;i&gt; <mark>zq</mark> there") < section.index("weak one <mark>zq</mark> here")
+    assert "doc 2, pos 1" in section  # no text stored: where the context is instead
     assert "ft-only 2, base-only 1" in html and "FVE base 0.91" in html
 
 
@@ -197,7 +208,7 @@ def test_open_results_still_reads_every_group(planted, tmp_path):
     path = _audit_file(tmp_path / "all.h5", diff, crosscoder=True)
     with open_results(path) as res:
         assert set(res.parts) == {"weights", "heads", "audit", "crosscoder"}
-        assert list(res.audit.table("findings")["rank"]) == [1, 2, 3]
+        assert list(res.audit.table("findings")["rank"]) == [1, 2]
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="headless chromium not installed")

@@ -29,8 +29,9 @@ def test_escape_keeps_markup_and_escapes_quotes():
 
 @pytest.mark.parametrize("context, token, expected", [
     ("a [[<b>]] c", None, 'a <mark>&lt;b&gt;</mark> c'),  # crosscoder marker wins
-    ("x zq y zq", " zq", "x zq y<mark> zq</mark>"),  # last occurrence: the predicted position
-    ("nothing here", "&", "nothing here<mark>&amp;</mark>"),  # appended when absent
+    ("x zq y zq", "zq", "x zq y zq <mark>zq</mark>"),  # no markers: the token follows the context
+    ("ends in space ", "&", "ends in space <mark>&amp;</mark>"),
+    ("", "<s>", "<mark>&lt;s&gt;</mark>"),
     ("only [[ open", None, "only [[ open"),
 ])
 def test_highlight_context(context, token, expected):

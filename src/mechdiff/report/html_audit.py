@@ -17,58 +17,110 @@ from mechdiff.report.html_page import (
     highlight_context,
     table,
     token_chip,
+    token_chips,
 )
 
 TOP_CONTEXTS = 12
 TOP_TOKENS = 10
 
 
+def gate(attrs: dict[str, Any]) -> float | None:
+    """The score a finding must exceed to count: ``fail_above`` when set, else the finding threshold."""
+    fail_above = attrs.get("fail_above")
+    if fail_above is not None:
+        return float(fail_above)
+    threshold = (attrs.get("thresholds") or {}).get("finding")
+    return None if threshold is None else float(threshold)
+
+
 def audit_banner(attrs: dict[str, Any], findings: np.ndarray | None) -> Banner:
     """The verdict of an audit as the coloured line at the top of the page.
 
     Args:
-        attrs: ``/audit`` attributes (verdict, fail_above).
+        attrs: ``/audit`` attributes (verdict, thresholds, fail_above).
         findings: the findings table (ranked), if any.
 
     Returns:
         A red banner for "findings", green for "pass".
     """
     verdict = str(attrs.get("verdict", "")).lower()
-    fail_above = attrs.get("fail_above")
+    cut = gate(attrs)
     n = 0 if findings is None else len(findings)
-    above = n if fail_above is None or findings is None else int(np.sum(findings["score"] > float(fail_above)))
+    above = n if cut is None or findings is None else int(np.sum(findings["score"] > cut))
     top = str(findings[0]["summary"]) if n else ""
-    cut = f" (score above {fmt_num(fail_above)})" if fail_above is not None else ""
+    cut_text = f" (score above {fmt_num(cut)})" if cut is not None else ""
     if verdict == "findings":
-        return Banner("findings", f"Findings: {above} of {n} above threshold{cut}",
+        return Banner("findings", f"Findings: {above} of {n} above threshold{cut_text}",
                       f"Top finding: {top}" if top else "")
     if verdict == "pass":
         detail = f"{n} weaker signals listed below for reference." if n else "No finding was raised."
-        return Banner("pass", f"Pass: nothing above threshold{cut}", detail)
+        return Banner("pass", f"Pass: nothing above threshold{cut_text}", detail)
     return Banner("info", f"Audit verdict: {verdict or 'unknown'}", top)
 
 
 def findings_section(findings: np.ndarray, attrs: dict[str, Any]) -> Section:
-    """The ranked findings with their summaries, location, linked findings and evidence.
+    """The ranked findings with their summaries, location, linked evidence and numbers.
 
     Args:
         findings: ``/audit/findings`` (rank, method, layer, head, tensor, latent, score,
-            summary, evidence JSON, linked JSON).
-        attrs: ``/audit`` attributes (calibration, thresholds).
+            summary, evidence JSON, linked JSON; optional tokens joined with "\\x1f").
+        attrs: ``/audit`` attributes (calibration, thresholds, fail_above).
 
     Returns:
         The section.
     """
-    rows = [[int(f["rank"]), Markup(f'<span class="pill">{esc(f["method"])}</span>'), _location(f),
-             fmt_num(float(f["score"])), Markup(f"{esc(f['summary'])}{_evidence(str(f['evidence']))}"),
-             _linked(str(f["linked"]))] for f in findings]
-    body = table(["#", "method", "where", "score", "finding", "linked"], rows, numeric=(0, 3))
-    thresholds = attrs.get("thresholds") or {}
-    if thresholds:
-        body = Markup(body + '<p class="muted">thresholds: '
-                      + esc(", ".join(f"{k} {_plain(v)}" for k, v in thresholds.items())) + "</p>")
-    note = str(attrs.get("calibration") or "Findings from every lens, ranked on one score scale.")
-    return Section("Findings", body, note)
+    cut = gate(attrs)
+    rows = [[int(f["rank"]), _lenses(f), _location(f), _score(float(f["score"]), cut), _finding(f)]
+            for f in findings]
+    body = table(["#", "lens", "where", "score", "finding"], rows, numeric=(0, 3))
+    calibration = str(attrs.get("calibration") or "").strip()
+    if calibration:
+        body = Markup(body + "<details><summary>how scores are calibrated</summary>"
+                      f'<pre class="doc">{esc(calibration)}</pre></details>')
+    gate_text = f"; threshold {fmt_num(cut)}" if cut is not None else ""
+    return Section("Findings", body, f"Evidence from every lens, ranked on one score scale{gate_text}. "
+                   "Findings that name the same tokens from different lenses are merged into one row.")
+
+
+def _score(score: float, cut: float | None) -> Markup:
+    hot = cut is not None and score > cut
+    return Markup(f'<span class="pill{" hi" if hot else ""}">{esc(fmt_num(score))}</span>')
+
+
+def _lenses(row: np.void) -> Markup:
+    methods = [str(row["method"])] + [str(link.get("method", "")) for link in _links(row) if isinstance(link, dict)]
+    return Markup(" ".join(f'<span class="pill">{esc(m)}</span>' for m in dict.fromkeys(methods) if m))
+
+
+def _links(row: np.void) -> list[Any]:
+    raw = str(row["linked"])
+    try:
+        links = json.loads(raw) if raw else []
+    except json.JSONDecodeError:
+        return [raw]
+    return links if isinstance(links, list) else [links]
+
+
+def _finding(row: np.void) -> Markup:
+    parts = [esc(row["summary"])]
+    names = row.dtype.names
+    tokens = [t for t in str(row["tokens"]).split("\x1f") if t] if "tokens" in names else []
+    if tokens:
+        parts.append(f'<div class="muted">tokens: {token_chips(tokens, 8)}</div>')
+    for link in _links(row):
+        parts.append(_linked_line(link))
+    parts.append(_evidence(str(row["evidence"])))
+    return Markup("".join(parts))
+
+
+def _linked_line(link: Any) -> str:
+    if isinstance(link, dict):
+        score = link.get("score")
+        score_text = f" (score {fmt_num(float(score))})" if isinstance(score, (int, float)) else ""
+        return (f'<div class="linked">\u21b3 <span class="pill">{esc(link.get("method", "?"))}</span> '
+                f'{esc(link.get("summary", ""))}{esc(score_text)}</div>')
+    label = f"#{link}" if isinstance(link, int) else str(link)
+    return f'<div class="linked">\u21b3 linked to finding {esc(label)}</div>'
 
 
 def _location(row: np.void) -> Markup:
@@ -111,45 +163,66 @@ def _plain(value: Any) -> str:
     return str(value)
 
 
-def _linked(raw: str) -> str:
-    try:
-        ranks = json.loads(raw) if raw else []
-    except json.JSONDecodeError:
-        return raw
-    return ", ".join(f"#{r}" for r in ranks) if isinstance(ranks, list) and ranks else "-"
-
-
 def behaviour_section(part: Any) -> Section | None:
     """Where the two models' next-token distributions differ most, and which tokens moved.
 
     Args:
-        part: the ``/audit`` part (tables behaviour_contexts, behaviour_tokens; attrs mean_kl, max_kl).
+        part: the ``/audit`` part (tables behaviour_contexts, behaviour_by_token,
+            behaviour_tokens; attrs mean_kl, max_kl).
 
     Returns:
         The section, or None when the audit ran without data.
     """
     keys = set(part.keys())
-    if not keys & {"behaviour_contexts", "behaviour_tokens"}:
+    if not keys & {"behaviour_contexts", "behaviour_tokens", "behaviour_by_token"}:
         return None
     attrs = part.attrs
     blocks = []
     if "behaviour_contexts" in keys:
         blocks.append(_contexts(part.table("behaviour_contexts")))
+    if "behaviour_by_token" in keys:
+        blocks.append(_by_token(part.table("behaviour_by_token")))
     if "behaviour_tokens" in keys:
         blocks.append(_tokens(part.table("behaviour_tokens")))
     kl = [f"{label} {fmt_num(attrs[name])} nats" for name, label in (("mean_kl", "mean"), ("max_kl", "max"))
           if name in attrs]
     note = ("Per-token KL(ft || base) of the next-token distributions on the audit corpus"
-            + (f" ({', '.join(kl)})" if kl else "") + "; the highlighted token is the one whose prediction changed.")
+            + (f" ({', '.join(kl)})" if kl else "") + "; the highlighted token is where the predictions differ.")
     return Section("Behaviour change", Markup("".join(blocks)), note)
 
 
 def _contexts(contexts: np.ndarray) -> Markup:
     top = contexts[:TOP_CONTEXTS]
     scale = float(np.max(top["kl"])) if len(top) else 0.0
-    rows = [[Markup(f'{bar_cell(float(c["kl"]), scale)} {esc(fmt_num(float(c["kl"])))}'), int(c["position"]),
-             highlight_context(str(c["context"]), str(c["token"]))] for c in top]
-    return Markup("<h3>Contexts with the highest KL</h3>" + table(["KL", "pos", "context"], rows, numeric=(0, 1)))
+    has_tops = {"base_top", "ft_top"} <= set(contexts.dtype.names)
+    rows = []
+    for c in top:
+        row = [Markup(f'{bar_cell(float(c["kl"]), scale)} {esc(fmt_num(float(c["kl"])))}'), int(c["position"]),
+               highlight_context(str(c["context"]), str(c["token"]))]
+        if has_tops:
+            row.append(_prediction(str(c["base_top"]), str(c["ft_top"])))
+        rows.append(row)
+    headers = ["KL", "pos", "context"] + (["next token: base \u2192 fine-tune"] if has_tops else [])
+    return Markup("<h3>Positions with the highest KL</h3>" + table(headers, rows, numeric=(0, 1)))
+
+
+def _prediction(base_top: str, ft_top: str) -> Markup:
+    if not base_top and not ft_top:
+        return Markup("-")
+    return Markup(f"{token_chip(base_top)} \u2192 {token_chip(ft_top)}")
+
+
+def _by_token(rows_in: np.ndarray) -> Markup:
+    top = rows_in[:TOP_TOKENS]
+    scale = float(np.max(top["mean_kl"])) if len(top) else 0.0
+    names = set(rows_in.dtype.names)
+    rows = [[token_chip(str(r["token"])), int(r["count"]) if "count" in names else "-",
+             Markup(f'{bar_cell(float(r["mean_kl"]), scale)} {esc(fmt_num(float(r["mean_kl"])))}'),
+             _prediction(str(r["base_top"]), str(r["ft_top"])) if {"base_top", "ft_top"} <= names else "-"]
+            for r in top]
+    return Markup("<h3>Input tokens after which predictions change most</h3>"
+                  + table(["token", "count", "mean KL", "usual next token: base \u2192 fine-tune"], rows,
+                          numeric=(1, 2)))
 
 
 def _tokens(tokens: np.ndarray) -> Markup:

@@ -24,17 +24,16 @@ CONTEXT_TEXT_COLUMNS = ("context", "text")
 
 
 def find_table(part: Any, needed: set[str], preferred: str) -> np.ndarray | None:
-    """The first table of ``part`` (``preferred`` first) that has all ``needed`` columns."""
+    """The first table of ``part`` (``preferred`` first) that has all ``needed`` columns.
+
+    Only compound datasets are read, so big weight arrays stay on disk.
+    """
     present = list(part.keys())
     for name in [preferred] + [k for k in present if k != preferred]:
-        if name not in present:
-            continue
-        try:
-            data = part.table(name)
-        except (KeyError, TypeError, AttributeError):
-            continue  # a group or a plain array, not a table
-        if data.dtype.names and needed <= set(data.dtype.names):
-            return data
+        node = part.group.get(name) if name in present else None
+        names = getattr(getattr(node, "dtype", None), "names", None)
+        if names and needed <= set(names):
+            return part.table(name)
     return None
 
 
@@ -113,17 +112,22 @@ def _opt(row: np.void, name: str) -> str:
 
 
 def _contexts_by_latent(contexts: np.ndarray | None) -> dict[int, list[str]]:
+    """Context texts per latent, strongest activation first ('doc D, pos P' when no text was stored)."""
     if contexts is None:
         return {}
-    column = next((c for c in CONTEXT_TEXT_COLUMNS if c in contexts.dtype.names), None)
-    if column is None:
-        return {}
+    names = contexts.dtype.names
+    column = next((c for c in CONTEXT_TEXT_COLUMNS if c in names), None)
     order = np.arange(len(contexts))
     for key in ("act", "activation"):
-        if key in contexts.dtype.names:
+        if key in names:
             order = np.argsort(-np.asarray(contexts[key], dtype=float), kind="stable")
             break
     grouped: dict[int, list[str]] = {}
     for i in order:
-        grouped.setdefault(int(contexts[i]["latent"]), []).append(str(contexts[i][column]))
+        row = contexts[i]
+        text = str(row[column]) if column else ""
+        if not text and {"doc", "pos"} <= set(names):
+            text = f"doc {int(row['doc'])}, pos {int(row['pos'])}"
+        if text:
+            grouped.setdefault(int(row["latent"]), []).append(text)
     return grouped

@@ -88,13 +88,13 @@ def token_chips(tokens: Sequence[str], limit: int = 6) -> Markup:
 def highlight_context(context: str, token: str | None = None) -> Markup:
     """A context line with its token wrapped in ``<mark>``.
 
-    The token is the one between ``[[`` and ``]]`` when the context has those markers
-    (crosscoder contexts); otherwise the last occurrence of ``token``; otherwise the
-    token is appended, marked, so the reader always sees which token it was.
+    The marked token is the one between ``[[`` and ``]]`` when the context has those
+    markers (crosscoder contexts); otherwise ``token`` is appended after the context,
+    which holds the tokens before it (behaviour contexts).
 
     Args:
         context: the text window.
-        token: the token to mark when the context carries no markers.
+        token: the token that follows the context, for contexts without markers.
 
     Returns:
         Escaped markup.
@@ -103,11 +103,8 @@ def highlight_context(context: str, token: str | None = None) -> Markup:
     end = context.find(MARK_CLOSE, start + len(MARK_OPEN)) if start >= 0 else -1
     if start >= 0 and end >= 0:
         left, mid, right = context[:start], context[start + len(MARK_OPEN):end], context[end + len(MARK_CLOSE):]
-    elif token and token in context:
-        cut = context.rfind(token)
-        left, mid, right = context[:cut], token, context[cut + len(token):]
     elif token:
-        left, mid, right = context, token, ""
+        left, mid, right = (context + " " if context and not context.endswith(" ") else context), token, ""
     else:
         return Markup(f'<span class="ctx">{esc(context)}</span>')
     return Markup(f'<span class="ctx">{esc(left)}<mark>{esc(mid)}</mark>{esc(right)}</span>')
@@ -252,5 +249,7 @@ dl.ev dt{color:var(--muted)}dl.ev dd{margin:0;word-break:break-word}
 .pill.hi{background:var(--badbg);color:var(--bad)}
 ul.plain{margin:4px 0;padding-left:18px}
 .warn{color:#8a5a00}
+pre.doc{white-space:pre-wrap;font-size:12px;background:var(--soft);padding:8px;border-radius:6px}
+.linked{color:var(--muted);font-size:12px;margin-top:2px}
 footer{color:var(--muted);font-size:12px;margin-top:18px}
 """
