@@ -132,7 +132,7 @@ def _delta_stats_kernel(b, f, kind, table, n_bins, totals, hist):  # pragma: no 
                 cuda.atomic.add(totals, k, shared[k, 0])
     cuda.syncthreads()
     for k in range(tid, n_bins + 1, THREADS):
-        cuda.atomic.add(hist, k, block_hist[k])
+        cuda.atomic.add(hist, k, np.int64(block_hist[k]))
 
 
 def delta_stats_cuda(base: torch.Tensor, ft: torch.Tensor, n_bins: int) -> DeltaStats:
