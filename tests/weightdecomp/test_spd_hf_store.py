@@ -42,6 +42,9 @@ def test_decompose_hf_gpt2_conv1d_and_embedding(tmp_path):
     assert fc.kind == "conv1d" and fc.V_IC.shape == (8, 4) and fc.U_CO.shape == (4, 32)
     assert wte.kind == "embedding" and wte.V_IC.shape == (12, 4) and wte.U_CO.shape == (4, 8)
     assert np.isfinite([h["total"] for h in decomp.history]).all()
+    summary = decomp.summary()
+    assert [(m["module"], m["d_in"], m["d_out"]) for m in summary["modules"]] == [
+        ("transformer.wte", 12, 8), ("transformer.h.0.mlp.c_fc", 8, 32)]
     assert ((fc.alive_frequency_C >= 0) & (fc.alive_frequency_C <= 1)).all()
 
 

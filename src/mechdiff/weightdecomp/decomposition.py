@@ -90,6 +90,16 @@ class Decomposition:
         """Module name -> number of alive subcomponents (config.alive_min_frequency)."""
         return {n: int(m.alive(self.config.alive_min_frequency).sum()) for n, m in self.modules.items()}
 
+    def summary(self) -> dict[str, Any]:
+        """A JSON-ready summary: per module its shape, kind and alive count, plus the final losses."""
+        modules = [
+            {"module": n, "kind": m.kind, "d_in": int(m.V_IC.shape[0]), "d_out": int(m.U_CO.shape[1]),
+             "n_components": m.n_components, "n_alive": int(m.alive(self.config.alive_min_frequency).sum())}
+            for n, m in self.modules.items()
+        ]
+        return {"output": self.output, "modules": modules,
+                "final_losses": self.history[-1] if self.history else {}, "config": self.config.to_dict()}
+
     def write(self, writer: Any) -> None:
         """Write everything under ``/components`` of an open ``ResultsWriter``.
 

@@ -88,6 +88,7 @@ class SPDTrainer:
         self.targets = find_targets(model, module_globs)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.layers = {name: self._make_layer(module) for name, module in self.targets.items()}
+        self.target_weights = [weight_out_in(m, self.layers[n].kind).detach().float() for n, m in self.targets.items()]
         self.hooks = ComponentHooks(self.targets, self.layers)
         self.params = [p for layer in self.layers.values() for p in layer.parameters()]
         self.optimizer = torch.optim.Adam(self.params, lr=config.lr)
@@ -116,10 +117,7 @@ class SPDTrainer:
         cfg = self.config
         target_out = self.hooks.run_target(self.model, batch, self.forward)
         ci_lower, ci_upper = self.importances()
-        faith = faithfulness_loss(
-            [weight_out_in(m, self.layers[n].kind).detach().float() for n, m in self.targets.items()],
-            [layer.weight_OI() for layer in self.layers.values()],
-        )
+        faith = faithfulness_loss(self.target_weights, [layer.weight_OI() for layer in self.layers.values()])
         recon, layerwise = self._recon_losses(batch, target_out, ci_lower)
         importance = importance_minimality_loss(list(ci_upper.values()), cfg.pnorm_at(step), cfg.importance_eps)
         total = (cfg.faithfulness_coeff * faith + cfg.stochastic_recon_coeff * recon
@@ -163,11 +161,11 @@ class SPDTrainer:
         for batch in batches:
             self.hooks.run_target(self.model, batch, self.forward)
             for name, layer in self.layers.items():
-                g = hard_sigmoid(layer.ci(layer.inner(self.hooks.inputs[name])))
-                g = g.reshape(-1, g.shape[-1])
-                fired[name] = fired.get(name, 0) + (g > self.config.alive_threshold).sum(0)
-                total[name] = total.get(name, 0) + g.sum(0)
-            count += g.shape[0]
+                g_NC = hard_sigmoid(layer.ci(layer.inner(self.hooks.inputs[name])))
+                g_NC = g_NC.reshape(-1, g_NC.shape[-1])  # every position of a sequence is one input
+                fired[name] = fired.get(name, 0) + (g_NC > self.config.alive_threshold).sum(0)
+                total[name] = total.get(name, 0) + g_NC.sum(0)
+            count += len(g_NC)  # all decomposed modules see the same inputs
         if count == 0:
             raise InputError("no evaluation data left to measure causal importances; give more data")
         return {n: ((fired[n] / count).numpy(), (total[n] / count).numpy()) for n in self.layers}

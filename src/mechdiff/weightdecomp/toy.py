@@ -43,6 +43,21 @@ TOY_CONFIGS: dict[str, SPDConfig] = {
 }
 
 
+def toy_config(name: str, **overrides: Any) -> SPDConfig:
+    """The default SPD config of toy ``name`` with some fields replaced (e.g. ``steps``, ``n_components``).
+
+    Args:
+        name: one of :data:`TOYS`.
+        overrides: SPDConfig fields; unknown names raise InputError.
+
+    Returns:
+        The validated config.
+    """
+    if name not in TOYS:
+        raise InputError(f"unknown toy model {name!r}; choose one of {', '.join(TOYS)}")
+    return SPDConfig.from_dict({**TOY_CONFIGS[name].to_dict(), **overrides})
+
+
 def mmcs_ml2r(true_OF: np.ndarray, U_CO: np.ndarray, V_FC: np.ndarray) -> tuple[float, float, np.ndarray]:
     """Mean max cosine similarity and mean L2 ratio against true feature columns.
 
