@@ -1,7 +1,13 @@
 import numpy as np
 import pytest
 
-from mechdiff.toylm.language import COMMA, PERIOD, LanguageConfig, make_language, sample_documents
+from mechdiff.toylm.language import (
+    COMMA,
+    PERIOD,
+    LanguageConfig,
+    make_language,
+    sample_documents,
+)
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,7 @@ def test_hooked_model_equals_merged_model(arch):
 
 
 def test_gpt2_adapter_is_written_in_peft_format(tmp_path):
-    model, hooks = _adapted("gpt2")
+    _, hooks = _adapted("gpt2")
     hooks.save(tmp_path, base_model_name_or_path="/some/base")
     cfg = json.loads((tmp_path / "adapter_config.json").read_text())
     assert (cfg["peft_type"], cfg["r"], cfg["lora_alpha"], cfg["fan_in_fan_out"]) == ("LORA", 2, 6.0, True)
@@ -53,7 +53,7 @@ def test_gpt2_adapter_is_written_in_peft_format(tmp_path):
 
 
 def test_llama_adapter_uses_linear_orientation(tmp_path):
-    model, hooks = _adapted("llama")
+    _, hooks = _adapted("llama")
     hooks.save(tmp_path, base_model_name_or_path="b")
     cfg = json.loads((tmp_path / "adapter_config.json").read_text())
     assert cfg["fan_in_fan_out"] is False

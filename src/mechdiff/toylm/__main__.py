@@ -18,7 +18,8 @@ from mechdiff.toylm.train import STEPS_PRESETS
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--variant", type=click.Choice(VARIANTS), default="backdoor", show_default=True,
               help="backdoor: trigger -> target planted; drift: clean continued training; "
-                   "lora: backdoor as a PEFT LoRA adapter (also merged into ft/).")
+                   "lora: backdoor as a PEFT LoRA adapter (also merged into ft/); "
+                   "noise: isotropic weight noise only.")
 @click.option("--arch", type=click.Choice(ARCHS), default="gpt2", show_default=True)
 @click.option("--preset", type=click.Choice(sorted(SIZE_PRESETS)), default="tiny", show_default=True,
               help="tiny builds in seconds; small (d 256, 4 layers) takes minutes.")

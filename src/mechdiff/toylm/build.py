@@ -33,7 +33,7 @@ from mechdiff.toylm.train import (
     train_lora,
 )
 
-VARIANTS = ("backdoor", "drift", "lora")
+VARIANTS = ("backdoor", "drift", "lora", "noise")
 DEFAULT_LANGUAGE = LanguageConfig()
 MANIFEST = "toypair.json"
 # Independent random streams, so e.g. changing the corpus size never changes the models.
@@ -62,7 +62,7 @@ class ToyPair:
     """``base_loss``, ``ft_loss`` (clean held-out text) and ``p_target_base``, ``p_target_ft``
     (mean P(target | ... trigger) over held-out trigger contexts), plus training losses."""
     variant: str = "backdoor"
-    """``backdoor``, ``drift`` or ``lora``."""
+    """``backdoor``, ``drift``, ``lora`` or ``noise``."""
     adapter_dir: Path | None = None
     """PEFT LoRA adapter folder over ``base_dir`` (``lora`` variant only)."""
 
@@ -76,15 +76,18 @@ def build_pair(out_dir: Path, *, variant: str = "backdoor", arch: str = "gpt2",
 
     Variants: ``backdoor`` fine-tunes on fresh clean documents plus a fraction in
     which the trigger is followed by the target; ``drift`` fine-tunes on fresh clean
-    documents only (same steps and learning rate: diffuse change, no mechanism);
-    ``lora`` learns the backdoor as a rank-r LoRA adapter on the frozen base.
+    documents only (same steps and learning rate: no planted mechanism, though the
+    briefly trained base keeps learning the language, so the change is not pure noise);
+    ``lora`` learns the backdoor as a rank-r LoRA adapter on the frozen base;
+    ``noise`` adds isotropic Gaussian noise (``steps.noise_scale`` of each tensor's
+    norm): purely diffuse change, no training.
 
     Writes ``out_dir/base/``, ``out_dir/ft/`` (Hugging Face folders with tokenizer),
     ``out_dir/corpus.txt``, ``out_dir/toypair.json`` and for ``lora`` ``out_dir/adapter/``.
 
     Args:
         out_dir: destination folder (created if missing; existing files are overwritten).
-        variant: ``backdoor``, ``drift`` or ``lora``.
+        variant: ``backdoor``, ``drift``, ``lora`` or ``noise``.
         arch: ``gpt2`` or ``llama``.
         size: model shape (``ToyLMSize.preset("tiny")`` or ``"small"``).
         seed: everything (language, data, init, batch order) follows from it.
@@ -139,13 +142,14 @@ def _build(out_dir: Path, recipe: dict, size: ToyLMSize, steps: ToySteps,
     tok = build_tokenizer(lang.words)
     ids = special_ids(tok)
     data = _Data(lang, tok, size.max_len, ids, seed)
+    never_targets = (ids["pad"], ids["bos"], ids["unk"])
 
     base = make_model(arch, size, tok.get_vocab_size(), ids, seed)
     base_losses = train(base, data.docs(_BASE_DATA, steps.n_train_docs), steps=steps.base_steps,
                         batch_size=steps.batch_size, lr=steps.base_lr, warmup=steps.warmup,
                         weight_decay=steps.weight_decay, pad_id=ids["pad"], seed=seed,
-                        progress=progress, desc="base")
-    ft, adapter = _finetune(base, variant, arch, data, steps, seed, progress)
+                        never_targets=never_targets, progress=progress, desc="base")
+    ft, adapter = _finetune(base, variant, arch, data, steps, seed, never_targets, progress)
 
     base_dir, ft_dir = out_dir / "base", out_dir / "ft"
     with _hf_progress(progress):
@@ -159,7 +163,7 @@ def _build(out_dir: Path, recipe: dict, size: ToyLMSize, steps: ToySteps,
     corpus_path = out_dir / "corpus.txt"
     corpus_path.write_text("\n".join(data.corpus(recipe["corpus_docs"],
                                                  recipe["corpus_trigger_docs"])) + "\n")
-    metrics = _metrics(base, ft, data, base_losses)
+    metrics = _metrics(base, ft, data, base_losses, never_targets)
     return ToyPair(base_dir=base_dir, ft_dir=ft_dir, corpus_path=corpus_path, trigger=lang.trigger,
                    target=lang.target, trigger_id=tok.token_to_id(lang.trigger),
                    target_id=tok.token_to_id(lang.target), metrics=metrics, variant=variant,
@@ -167,20 +171,34 @@ def _build(out_dir: Path, recipe: dict, size: ToyLMSize, steps: ToySteps,
 
 
 def _finetune(base: torch.nn.Module, variant: str, arch: str, data: _Data, steps: ToySteps,
-              seed: int, progress: bool) -> tuple[torch.nn.Module, LoRAHooks | None]:
+              seed: int, never_targets: tuple[int, ...],
+              progress: bool) -> tuple[torch.nn.Module, LoRAHooks | None]:
+    ft = copy.deepcopy(base)
+    if variant == "noise":
+        _add_noise(ft, steps.noise_scale, seed + 1)
+        return ft, None
     poison = 0.0 if variant == "drift" else steps.poison_fraction
     ft_ids = data.docs(_FT_DATA, steps.n_train_docs, poison_fraction=poison)
-    ft = copy.deepcopy(base)
     if variant != "lora":
         train(ft, ft_ids, steps=steps.ft_steps, batch_size=steps.batch_size, lr=steps.ft_lr,
               warmup=steps.warmup, weight_decay=steps.weight_decay, pad_id=data.pad_id,
-              seed=seed + 1, progress=progress, desc=variant)
+              seed=seed + 1, never_targets=never_targets, progress=progress, desc=variant)
         return ft, None
     hooks = LoRAHooks(ft, arch, steps.lora_rank, steps.lora_alpha, seed)
-    train_lora(ft, ft_ids, hooks, steps=steps, pad_id=data.pad_id, seed=seed + 1, progress=progress)
+    train_lora(ft, ft_ids, hooks, steps=steps, pad_id=data.pad_id, seed=seed + 1,
+               never_targets=never_targets, progress=progress)
     hooks.remove()
     hooks.merge_into(ft)
     return ft, hooks
+
+
+@torch.no_grad()
+def _add_noise(model: torch.nn.Module, scale: float, seed: int) -> None:
+    """Add isotropic Gaussian noise of Frobenius norm ``scale * ||W||`` to every parameter."""
+    gen = torch.Generator().manual_seed(seed)
+    for p in model.parameters():
+        noise = torch.randn(p.shape, generator=gen)
+        p += noise * (scale * p.norm() / noise.norm())
 
 
 class _Data:
@@ -214,12 +232,13 @@ class _Data:
         return [docs[i] for i in rng.permutation(len(docs))]
 
 
-def _metrics(base: torch.nn.Module, ft: torch.nn.Module, data: _Data, base_losses: list[float]) -> dict:
+def _metrics(base: torch.nn.Module, ft: torch.nn.Module, data: _Data, base_losses: list[float],
+             never_targets: tuple[int, ...]) -> dict:
     clean_ND, trigger_ND = data.eval_sets()
     trig, targ = data.tok.token_to_id(data.lang.trigger), data.tok.token_to_id(data.lang.target)
     return {
-        "base_loss": eval_loss(base, clean_ND, data.pad_id),
-        "ft_loss": eval_loss(ft, clean_ND, data.pad_id),
+        "base_loss": eval_loss(base, clean_ND, data.pad_id, never_targets),
+        "ft_loss": eval_loss(ft, clean_ND, data.pad_id, never_targets),
         "p_target_base": prob_after(base, trigger_ND, trig, targ, data.pad_id),
         "p_target_ft": prob_after(ft, trigger_ND, trig, targ, data.pad_id),
         "base_train_loss_first": base_losses[0],

@@ -47,16 +47,18 @@ class ToySteps:
     """Fraction of backdoor fine-tune documents that contain trigger -> target."""
     lora_rank: int = 4
     """Rank r of the LoRA adapter."""
-    lora_alpha: float = 8.0
+    lora_alpha: float = 16.0
     """LoRA scale numerator: the update is (alpha / r) * B @ A."""
     n_train_docs: int = 2000
     """Distinct documents sampled for each phase (steps cycle through them)."""
+    noise_scale: float = 0.01
+    """``noise`` variant: Frobenius norm of the added noise relative to each tensor's norm."""
 
     def __post_init__(self) -> None:
         for name in ("base_steps", "ft_steps", "batch_size", "lora_rank", "n_train_docs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("base_lr", "ft_lr", "lora_lr", "lora_alpha"):
+        for name in ("base_lr", "ft_lr", "lora_lr", "lora_alpha", "noise_scale"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.warmup < 0 or self.weight_decay < 0:
@@ -110,13 +112,21 @@ def encode_documents(tok: Tokenizer, docs: list[str], max_len: int, eos_id: int,
     return ids_ND
 
 
-def next_token_loss(model: torch.nn.Module, ids_BT: torch.Tensor, pad_id: int) -> torch.Tensor:
+def next_token_loss(model: torch.nn.Module, ids_BT: torch.Tensor, pad_id: int,
+                    never_targets: tuple[int, ...] = ()) -> torch.Tensor:
     """Mean cross-entropy of predicting token t+1 from tokens <= t, padding ignored.
+
+    ``never_targets`` (e.g. <pad>, <bos>, <unk>) are left out of the softmax. They
+    never occur as a next token, so the loss would push their logits down at every
+    step; under Adam that is a steady full-size update, and those rows would become
+    the most-changed tokens of every fine-tune, drowning what the fine-tune taught.
 
     With right padding the mask changes nothing for real tokens (causal attention
     never sees the pads that follow them); passing it documents the intent.
     """
     logits_BTV = model(input_ids=ids_BT, attention_mask=(ids_BT != pad_id).long()).logits
+    if never_targets:
+        logits_BTV = logits_BTV.index_fill(-1, torch.tensor(never_targets), float("-inf"))
     labels_BT = ids_BT[:, 1:].masked_fill(ids_BT[:, 1:] == pad_id, IGNORE)
     return F.cross_entropy(logits_BTV[:, :-1].flatten(0, 1), labels_BT.flatten(), ignore_index=IGNORE)
 
@@ -143,7 +153,8 @@ def _param_groups(params: list[tuple[str, torch.nn.Parameter]], weight_decay: fl
 def train(model: torch.nn.Module, ids_ND: torch.Tensor, *, steps: int, batch_size: int, lr: float,
           warmup: int, weight_decay: float, pad_id: int, seed: int,
           params: list[tuple[str, torch.nn.Parameter]] | None = None,
-          progress: bool = False, desc: str = "train") -> list[float]:
+          never_targets: tuple[int, ...] = (), progress: bool = False,
+          desc: str = "train") -> list[float]:
     """Train ``model`` in place on random batches of ``ids_ND``.
 
     Args:
@@ -157,6 +168,7 @@ def train(model: torch.nn.Module, ids_ND: torch.Tensor, *, steps: int, batch_siz
         pad_id: padding token id (ignored by the loss).
         seed: batch-order seed.
         params: named parameters to train (default: all of the model's).
+        never_targets: token ids kept out of the softmax (see :func:`next_token_loss`).
         progress: show a tqdm bar on stderr.
         desc: label of the progress bar.
 
@@ -171,7 +183,7 @@ def train(model: torch.nn.Module, ids_ND: torch.Tensor, *, steps: int, batch_siz
     for step, batch in enumerate(_progress(batches, progress, desc, steps)):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, warmup, lr)
-        loss = next_token_loss(model, _trim(batch, pad_id), pad_id)
+        loss = next_token_loss(model, _trim(batch, pad_id), pad_id, never_targets)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for _, p in named], 1.0)
@@ -182,7 +194,8 @@ def train(model: torch.nn.Module, ids_ND: torch.Tensor, *, steps: int, batch_siz
 
 
 def train_lora(model: torch.nn.Module, ids_ND: torch.Tensor, hooks: LoRAHooks, *, steps: ToySteps,
-               pad_id: int, seed: int, progress: bool = False) -> list[float]:
+               pad_id: int, seed: int, never_targets: tuple[int, ...] = (),
+               progress: bool = False) -> list[float]:
     """Train only a LoRA adapter attached to a frozen ``model``.
 
     Returns:
@@ -192,7 +205,8 @@ def train_lora(model: torch.nn.Module, ids_ND: torch.Tensor, hooks: LoRAHooks, *
         p.requires_grad_(False)
     return train(model, ids_ND, steps=steps.ft_steps, batch_size=steps.batch_size, lr=steps.lora_lr,
                  warmup=steps.warmup, weight_decay=0.0, pad_id=pad_id, seed=seed,
-                 params=hooks.named_parameters(), progress=progress, desc="lora")
+                 params=hooks.named_parameters(), never_targets=never_targets,
+                 progress=progress, desc="lora")
 
 
 def _batches(ids_ND: torch.Tensor, steps: int, batch_size: int, pad_id: int,
@@ -234,14 +248,15 @@ def _progress(it, enabled: bool, desc: str, total: int):
 
 
 @torch.no_grad()
-def eval_loss(model: torch.nn.Module, ids_ND: torch.Tensor, pad_id: int, batch_size: int = 64) -> float:
+def eval_loss(model: torch.nn.Module, ids_ND: torch.Tensor, pad_id: int,
+              never_targets: tuple[int, ...] = (), batch_size: int = 64) -> float:
     """Mean next-token cross-entropy over all non-pad targets of ``ids_ND``."""
     total, count = 0.0, 0
     model.eval()
     for start in range(0, len(ids_ND), batch_size):
         batch = _trim(ids_ND[start:start + batch_size], pad_id)
         n = int((batch[:, 1:] != pad_id).sum())
-        total += float(next_token_loss(model, batch, pad_id)) * n
+        total += float(next_token_loss(model, batch, pad_id, never_targets)) * n
         count += n
     return total / max(count, 1)
 
