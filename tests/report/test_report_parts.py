@@ -7,17 +7,21 @@ import base64
 import numpy as np
 import pytest
 
+from mechdiff.diffing.findings import Finding, findings_table
 from mechdiff.report import plots
+from mechdiff.report.html_audit import audit_banner, findings_section, gate
 from mechdiff.report.html_page import (
     Banner,
     Markup,
     Section,
+    bar_cell,
     esc,
     fmt_num,
     highlight_context,
     table,
     token_chip,
 )
+from mechdiff.store.schema import columns_to_structured
 
 
 def test_escape_keeps_markup_and_escapes_quotes():
@@ -81,3 +85,23 @@ def test_section_and_banner_validate():
         Section("", Markup(""))
     assert Section("Top changed tensors", Markup("")).ident == "top-changed-tensors"
     assert 'class="banner pass"' in Banner("pass", "ok <3").render() and "ok &lt;3" in Banner("pass", "ok <3").render()
+
+
+def test_bar_cell_width_and_tone():
+    assert 'class="bar neg" style="width:50.0%"' in bar_cell(-1.5, 3.0, "-1.5", negative=True)
+    assert 'style="width:100.0%"' in bar_cell(9.0, 3.0, "9")  # clipped
+    assert 'style="width:0.0%"' in bar_cell(1.0, 0.0, "1") and ">&lt;1<" in bar_cell(1.0, 0.0, "<1")
+
+
+def test_findings_beyond_ten_are_folded_and_gate_prefers_fail_above():
+    findings = [Finding("weights", 2.0 - 0.1 * i, f"finding {i}", layer=i) for i in range(12)]
+    for rank, finding in enumerate(findings, 1):
+        finding.rank = rank
+    table_ = columns_to_structured(findings_table(findings))
+    attrs = {"thresholds": {"finding": 1.0}, "fail_above": 1.5, "verdict": "findings"}
+    assert gate(attrs) == 1.5 and gate({"thresholds": {"finding": 1.0}}) == 1.0 and gate({}) is None
+    html = findings_section(table_, attrs).render()
+    visible, folded = html.split("<details><summary>2 more findings</summary>")
+    assert "finding 9<" in visible and "finding 10<" in folded and "finding 11<" in folded
+    assert html.count('class="pill hi"') == 5  # 2.0, 1.9, 1.8, 1.7, 1.6 exceed 1.5; 1.5 itself does not
+    assert "Findings: 5 of 12 above threshold (score above 1.5)" in audit_banner(attrs, table_).render()

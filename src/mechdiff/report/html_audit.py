@@ -20,6 +20,7 @@ from mechdiff.report.html_page import (
     token_chips,
 )
 
+TOP_FINDINGS = 10  # the rest are folded away
 TOP_CONTEXTS = 12
 TOP_TOKENS = 10
 
@@ -72,7 +73,11 @@ def findings_section(findings: np.ndarray, attrs: dict[str, Any]) -> Section:
     cut = gate(attrs)
     rows = [[int(f["rank"]), _lenses(f), _location(f), _score(float(f["score"]), cut), _finding(f)]
             for f in findings]
-    body = table(["#", "lens", "where", "score", "finding"], rows, numeric=(0, 3))
+    headers = ["#", "lens", "where", "score", "finding"]
+    body = table(headers, rows[:TOP_FINDINGS], numeric=(0, 3))
+    if len(rows) > TOP_FINDINGS:
+        body = Markup(body + f"<details><summary>{len(rows) - TOP_FINDINGS} more findings</summary>"
+                      + table(headers, rows[TOP_FINDINGS:], numeric=(0, 3)) + "</details>")
     calibration = str(attrs.get("calibration") or "").strip()
     if calibration:
         body = Markup(body + "<details><summary>how scores are calibrated</summary>"
@@ -197,7 +202,7 @@ def _contexts(contexts: np.ndarray) -> Markup:
     has_tops = {"base_top", "ft_top"} <= set(contexts.dtype.names)
     rows = []
     for c in top:
-        row = [Markup(f'{bar_cell(float(c["kl"]), scale)} {esc(fmt_num(float(c["kl"])))}'), int(c["position"]),
+        row = [bar_cell(float(c["kl"]), scale, fmt_num(float(c["kl"]))), int(c["position"]),
                highlight_context(str(c["context"]), str(c["token"]))]
         if has_tops:
             row.append(_prediction(str(c["base_top"]), str(c["ft_top"])))
@@ -217,7 +222,7 @@ def _by_token(rows_in: np.ndarray) -> Markup:
     scale = float(np.max(top["mean_kl"])) if len(top) else 0.0
     names = set(rows_in.dtype.names)
     rows = [[token_chip(str(r["token"])), int(r["count"]) if "count" in names else "-",
-             Markup(f'{bar_cell(float(r["mean_kl"]), scale)} {esc(fmt_num(float(r["mean_kl"])))}'),
+             bar_cell(float(r["mean_kl"]), scale, fmt_num(float(r["mean_kl"]))),
              _prediction(str(r["base_top"]), str(r["ft_top"])) if {"base_top", "ft_top"} <= names else "-"]
             for r in top]
     return Markup("<h3>Input tokens after which predictions change most</h3>"
@@ -241,4 +246,4 @@ def _tokens(tokens: np.ndarray) -> Markup:
 
 
 def _signed_bar(value: float, scale: float, negative: bool) -> Markup:
-    return Markup(f"{bar_cell(value, scale, negative)} {esc(format(value, '+.3g'))}")
+    return bar_cell(value, scale, format(value, "+.3g"), negative)

@@ -110,11 +110,22 @@ def highlight_context(context: str, token: str | None = None) -> Markup:
     return Markup(f'<span class="ctx">{esc(left)}<mark>{esc(mid)}</mark>{esc(right)}</span>')
 
 
-def bar_cell(value: float, scale: float, negative: bool = False) -> Markup:
-    """A small inline bar (pure CSS) proportional to ``value / scale``."""
+def bar_cell(value: float, scale: float, label: str, negative: bool = False) -> Markup:
+    """A small inline bar (pure CSS) proportional to ``|value| / scale``, then ``label``.
+
+    Args:
+        value: the number drawn.
+        scale: the value that fills the bar.
+        label: text after the bar (fixed width so bars line up).
+        negative: draw in the "fell" colour.
+
+    Returns:
+        The markup.
+    """
     width = 0.0 if scale <= 0 or not math.isfinite(value) else min(100.0, 100.0 * abs(value) / scale)
     tone = "neg" if negative else "pos"
-    return Markup(f'<span class="barbox"><span class="bar {tone}" style="width:{width:.1f}%"></span></span>')
+    return Markup(f'<span class="barbox"><span class="bar {tone}" style="width:{width:.1f}%"></span></span>'
+                  f'<span class="barnum">{esc(label)}</span>')
 
 
 @dataclass(frozen=True)
@@ -243,6 +254,7 @@ dl.ev{display:grid;grid-template-columns:max-content 1fr;gap:0 10px;margin:4px 0
 dl.ev dt{color:var(--muted)}dl.ev dd{margin:0;word-break:break-word}
 .barbox{display:inline-block;width:110px;text-align:left;vertical-align:middle}
 .bar{display:block;height:9px;border-radius:2px}
+.barnum{display:inline-block;min-width:4.2em;text-align:right}
 .bar.pos{background:#d1495b}.bar.neg{background:#3c7dc4}
 .two{display:grid;grid-template-columns:1fr 1fr;gap:16px}
 .pill{display:inline-block;border-radius:10px;padding:0 7px;font-size:11.5px;background:#eef1f6}
