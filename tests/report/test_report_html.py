@@ -230,3 +230,12 @@ def test_report_renders_in_headless_chromium(planted, tmp_path):
     banner = np.array([0xFD, 0xEC, 0xEA]) / 255
     top = pixels[:400, :, :3]
     assert (np.abs(top - banner).max(axis=-1) < 0.02).sum() > 5000
+
+
+def test_heads_without_weights_are_still_shown(tmp_path):
+    path = tmp_path / "heads.h5"
+    with ResultsWriter(path, command="partial") as w:
+        w.table("heads/heads", {"layer": [3], "head": [5], "kind": ["attn"], "score": [0.02], "rank": [2],
+                                "parts": ["attn_q"]})
+    html = render_report(path, tmp_path / "h.html").read_text()
+    assert "<h2>/heads</h2>" in html and "attn_q" in html and 'class="banner info"' in html

@@ -78,7 +78,8 @@ def build_html(results: Results) -> str:
         from mechdiff.report.html_crosscoder import crosscoder_sections
 
         sections += crosscoder_sections(results.part("crosscoder"))
-    sections += [_generic_section(results, name) for name in results.parts if name not in SHOWN_ELSEWHERE]
+    shown = SHOWN_ELSEWHERE if "weights" in parts else SHOWN_ELSEWHERE - {"heads"}  # heads come with /weights
+    sections += [_generic_section(results, name) for name in results.parts if name not in shown]
     root = results.attrs
     title = "mechdiff audit report" if audit is not None else "mechdiff report"
     return page(title, _provenance(root), _banner(audit, findings, diff, results.parts),
