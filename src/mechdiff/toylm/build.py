@@ -110,7 +110,7 @@ def build_pair(out_dir: Path, *, variant: str = "backdoor", arch: str = "gpt2",
         return load_pair(out_dir)
     (out_dir / MANIFEST).unlink(missing_ok=True)
     # One thread: on a shared CPU, extra threads of a model this small spin-wait far more
-    # than they compute (10x slower measured with 2 threads on a loaded 2-core machine).
+    # than they compute (benchmarks/bench_toylm.py measures both).
     with deterministic(threads=1):
         pair = _build(out_dir, recipe, size, steps, language, progress)
     _write_manifest(out_dir, recipe, pair)

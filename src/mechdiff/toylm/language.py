@@ -276,7 +276,8 @@ class DocumentSampler:
             w = np.asarray(c.weights) * np.where(np.asarray(c.topics) == topic,
                                                   self.lang.config.topic_boost, 1.0)
             self._cdfs[key] = (np.cumsum(w) / w.sum()).tolist()
-        # bisect on a cached CDF: rng.choice(p=...) costs ~20x more per draw.
+        # bisect on a cached CDF: rng.choice(p=...) per draw is several times slower
+        # (benchmarks/bench_toylm.py).
         cdf = self._cdfs[key]
         return c.words[min(bisect.bisect_right(cdf, self.rng.random()), len(cdf) - 1)]
 
