@@ -189,7 +189,8 @@ def spectra(panels: Sequence[SpectrumPanel], columns: int = 3) -> str | None:
         _spectrum_panel(ax, panel)
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
-    axes.flat[0].legend(fontsize=7, loc="upper right", frameon=False)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside upper center", ncols=len(labels), fontsize=7.5, frameon=False)
     return to_png_base64(fig)
 
 
