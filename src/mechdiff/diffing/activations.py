@@ -46,9 +46,9 @@ class ActivationConfig:
     scale_sample_rows: int = 20_000
     """Rows sampled to estimate each model's normalization scale."""
     memory_limit_bytes: int = 2 << 30
-    """Keep activations in memory (float32) below this size, else cache them on disk."""
+    """Keep activations in memory (float32) up to this size, else cache them on disk (0: always cache)."""
     cache_path: Path | None = None
-    """HDF5 cache file; with None activations stay in memory (an error when over memory_limit_bytes)."""
+    """HDF5 cache file used when over memory_limit_bytes (None then is an error)."""
     cache_dtype: str = "float16"
     """Storage dtype of the disk cache ('float16' halves the size; 'float32' for huge activations)."""
     chunk_rows: int = 65536
@@ -57,9 +57,11 @@ class ActivationConfig:
     """Device the models run on."""
 
     def __post_init__(self) -> None:
-        for name in ("max_tokens", "ctx_len", "batch_docs", "scale_sample_rows", "memory_limit_bytes", "chunk_rows"):
+        for name in ("max_tokens", "ctx_len", "batch_docs", "scale_sample_rows", "chunk_rows"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"ActivationConfig: {name} must be positive")
+        if self.memory_limit_bytes < 0:
+            raise ValueError("ActivationConfig: memory_limit_bytes must be >= 0")
         if self.cache_dtype not in CACHE_DTYPES:
             raise ValueError(f"ActivationConfig: cache_dtype must be one of {CACHE_DTYPES}")
 
@@ -159,7 +161,7 @@ def collect_activations(
     texts: Sequence[str],
     *,
     site: ActivationSite,
-    config: ActivationConfig = ActivationConfig(),
+    config: ActivationConfig | None = None,
     progress: bool = True,
     stop_early: bool = True,
 ) -> PairedActivations:
@@ -171,7 +173,7 @@ def collect_activations(
         tokenizers: one tokenizer for both, or a (base, ft) pair (they must agree on the data).
         texts: documents.
         site: where to read (block output / MLP / attention of a layer, or a module name).
-        config: how much to collect and where to keep it.
+        config: how much to collect and where to keep it (default ActivationConfig()).
         progress: show a tokens/s bar on stderr.
         stop_early: stop each forward pass right after the site (False runs the whole model).
 
@@ -181,7 +183,8 @@ def collect_activations(
     Raises:
         InputError: tokenizers disagree, the site does not exist, or no tokens remain.
     """
-    docs = tokenize_pair(tokenizers, texts, config.ctx_len)
+    config = config or ActivationConfig()
+    docs = tokenize_pair(tokenizers, texts, min(config.ctx_len, _max_positions(base_model), _max_positions(ft_model)))
     tok = tokenizers[0] if isinstance(tokenizers, (tuple, list)) else tokenizers
     kept = kept_positions(docs, _special_id(tok, "bos"), config.skip_bos, config.max_tokens)
     n_rows = sum(len(k) for k in kept)
@@ -190,7 +193,7 @@ def collect_activations(
     models = [base_model.to(config.device).eval(), ft_model.to(config.device).eval()]
     captures = [SiteCapture(resolve_site(m, site), stop=stop_early) for m in models]
     pad_id = _special_id(tok, "pad") or 0
-    d_model = _probe_width(models[0], captures[0], docs, pad_id, config.device)
+    d_model = _probe_width(models[0], SiteCapture(captures[0].module), docs, pad_id, config.device)
     store, cache_file = _allocate(n_rows, d_model, config)
     try:
         _fill(store, models, captures, docs, kept, pad_id, config, progress)
@@ -203,6 +206,16 @@ def collect_activations(
                              torch.ones(2), docs, config.chunk_rows)
     acts.scales = norm_scales(acts.scale_estimate_rows(config.scale_sample_rows))
     return acts
+
+
+def _max_positions(model: nn.Module) -> int:
+    """Longest sequence a transformers model accepts (unbounded for other modules)."""
+    config = getattr(model, "config", None)
+    for name in ("n_positions", "max_position_embeddings"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 1 << 30
 
 
 def _special_id(tokenizer: Any, name: str) -> int | None:
@@ -231,7 +244,7 @@ def _probe_width(model: nn.Module, capture: SiteCapture, docs: list[np.ndarray],
 
 
 def _allocate(n_rows: int, d_model: int, config: ActivationConfig) -> tuple[Any, Any]:
-    if config.cache_path is None and n_rows * 2 * d_model * 4 <= config.memory_limit_bytes:
+    if n_rows * 2 * d_model * 4 <= config.memory_limit_bytes:
         return torch.empty(n_rows, 2, d_model), None
     if config.cache_path is None:
         raise InputError(
