@@ -103,7 +103,7 @@ def _crosscoder_group(w):
                                     "doc": [0, 4, 2, 1], "pos": [3, 9, 1, 2],
                                     "text": ["weak one [[zq]] here", "strong <i> [[zq]] there", "", "b [[o]]"]})
     w.array("crosscoder/W_dec", rng.normal(size=(n, 2, 8)).astype(np.float32))
-    w.attrs("crosscoder", {"fve_base": 0.91, "fve_ft": 0.89, "l0": 32.0, "dead_fraction": 0.02})
+    w.attrs("crosscoder", {"site": "resid.1", "fve_base": 0.91, "fve_ft": 0.89, "l0": 32.0, "dead_fraction": 0.02})
 
 
 def _srcs(html: str) -> list[str]:
@@ -239,3 +239,12 @@ def test_heads_without_weights_are_still_shown(tmp_path):
                                 "parts": ["attn_q"]})
     html = render_report(path, tmp_path / "h.html").read_text()
     assert "<h2>/heads</h2>" in html and "attn_q" in html and 'class="banner info"' in html
+
+
+def test_crosscoder_only_file_has_its_own_banner(tmp_path):
+    path = tmp_path / "cc_only.h5"
+    with ResultsWriter(path, command="mechdiff crosscoder") as w:
+        _crosscoder_group(w)
+    html = render_report(path, tmp_path / "cc.html").read_text()
+    assert "Crosscoder at resid.1: 2 fine-tune-only and 1 base-only latents of 60" in html
+    assert len(_images(html)) == 2 and "/W_dec" not in html  # weights stay out of the page

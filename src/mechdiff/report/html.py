@@ -82,7 +82,7 @@ def build_html(results: Results) -> str:
     sections += [_generic_section(results, name) for name in results.parts if name not in shown]
     root = results.attrs
     title = "mechdiff audit report" if audit is not None else "mechdiff report"
-    return page(title, _provenance(root), _banner(audit, findings, diff, results.parts),
+    return page(title, _provenance(root), _banner(audit, findings, diff, results),
                 stat_tiles(_tiles(diff, findings, audit, results)), sections)
 
 
@@ -119,7 +119,8 @@ def _provenance(root: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _banner(audit: Any, findings: np.ndarray | None, diff: Any, parts: list[str]) -> Banner:
+def _banner(audit: Any, findings: np.ndarray | None, diff: Any, results: Results) -> Banner:
+    parts = results.parts
     if audit is not None:
         from mechdiff.report.html_audit import audit_banner
 
@@ -133,6 +134,12 @@ def _banner(audit: Any, findings: np.ndarray | None, diff: Any, parts: list[str]
         return Banner("info", f"Weight diff: {len(structured)} of {len(diff.changes)} tensors with structured change",
                       f"Largest: {top.tensor} (rank {top.rank}, score {fmt_num(top.score)}). "
                       "No audit verdict in this file; run `mechdiff audit` for one.")
+    if "crosscoder" in parts:
+        from mechdiff.report.html_crosscoder import crosscoder_banner
+
+        banner = crosscoder_banner(results.part("crosscoder"))
+        if banner is not None:
+            return banner
     return Banner("info", "mechdiff results", f"parts: {', '.join(parts) or 'none'}")
 
 

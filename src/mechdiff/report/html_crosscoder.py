@@ -8,6 +8,7 @@ import numpy as np
 
 from mechdiff.report import plots
 from mechdiff.report.html_page import (
+    Banner,
     Markup,
     Section,
     esc,
@@ -58,6 +59,26 @@ def crosscoder_sections(part: Any) -> list[Section]:
     if ft_only:
         sections.append(ft_only)
     return sections
+
+
+def crosscoder_banner(part: Any) -> Banner | None:
+    """The top line of a file that holds only a crosscoder: how many latents are fine-tune only.
+
+    Args:
+        part: the ``/crosscoder`` part.
+
+    Returns:
+        An info banner, or None without a per-latent table.
+    """
+    latents = find_table(part, {"cls"}, "latents")
+    if latents is None:
+        return None
+    classes = [str(c) for c in latents["cls"]]
+    site = part.attrs.get("site")
+    where = f" at {site}" if site else ""
+    return Banner("info", f"Crosscoder{where}: {classes.count('ft-only')} fine-tune-only and "
+                  f"{classes.count('base-only')} base-only latents of {len(classes)}",
+                  "No audit verdict in this file; run `mechdiff audit` for one.")
 
 
 def _headline(latents: np.ndarray, attrs: dict[str, Any]) -> str:

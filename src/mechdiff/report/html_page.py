@@ -227,7 +227,7 @@ header{margin-bottom:14px}
 .banner.info{background:var(--infobg);border-color:var(--info);color:var(--info)}
 .banner p{color:var(--fg)}
 .tiles{display:flex;flex-wrap:wrap;gap:10px;margin-bottom:12px}
-.tile{flex:1 1 130px;border:1px solid var(--line);border-radius:8px;padding:8px 12px;background:var(--soft)}
+.tile{flex:1 1 130px;max-width:230px;border:1px solid var(--line);border-radius:8px;padding:8px 12px;background:var(--soft)}
 .tile b{display:block;font-size:19px}.tile span{color:var(--muted);font-size:12px}
 nav{display:flex;flex-wrap:wrap;gap:4px 14px;font-size:12.5px;padding:8px 0 4px;border-bottom:1px solid var(--line)}
 nav a{color:var(--accent);text-decoration:none}
