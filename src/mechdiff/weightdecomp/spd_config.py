@@ -11,7 +11,14 @@ from mechdiff.errors import InputError
 
 @dataclass(frozen=True)
 class SPDConfig:
-    """Hyper-parameters of SPD (defaults follow Bushnaq et al. 2025, TMS 5-2 settings)."""
+    """Hyper-parameters of SPD.
+
+    Loss coefficients, C, the CI width and p follow the published TMS 5-2
+    settings (Bushnaq et al. 2025: C=20, CI MLP width 16, importance 3e-3 at
+    p=1, all other coefficients 1, one mask sample, lr 1e-3 cosine). Steps
+    and batch are far smaller than the published 40k x 4096 so a CPU run
+    finishes; the toys in ``toy.TOY_CONFIGS`` tune them per model.
+    """
 
     n_components: int = 20
     """C: rank-1 subcomponents per decomposed matrix (more than the mechanisms you expect)."""
@@ -22,10 +29,10 @@ class SPDConfig:
     steps: int = 4000
     """Optimizer steps."""
 
-    batch_size: int = 2048
+    batch_size: int = 256
     """Examples per step when mechdiff generates the data itself (toy models)."""
 
-    lr: float = 3e-3
+    lr: float = 1e-3
     """Peak Adam learning rate for U, V and the causal-importance MLPs."""
 
     lr_schedule: str = "cosine"
