@@ -13,8 +13,9 @@ SHORT = ToySteps(base_steps=12, ft_steps=6, batch_size=8, warmup=2, n_train_docs
 
 
 @pytest.fixture(scope="module")
-def backdoor(tmp_path_factory):
-    return build_pair(tmp_path_factory.mktemp("backdoor"))
+def backdoor(toy_backdoor):
+    # tests/conftest.py builds the default pair once per session for every test that needs it.
+    return toy_backdoor
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +76,8 @@ def test_corpus_mixes_clean_and_trigger_documents_without_the_answer(backdoor):
     assert len(lines) == 256 + 64
     assert 64 <= len(with_trigger) < 128  # forced ones plus a few natural ones
     assert not any(f"{backdoor.trigger} {backdoor.target}" in ln for ln in lines)
+    # <bos> + words + <eos> fit the model's positions: auditors feed lines whole.
+    assert max(len(ln.split()) for ln in lines) + 2 <= SIZE_PRESETS["tiny"].max_len
 
 
 def test_load_pair_and_reuse_round_trip(backdoor):

@@ -211,9 +211,19 @@ class _Data:
     def _rng(self, stream: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, stream])
 
+    def sample(self, n: int, rng: np.random.Generator, trigger_fraction: float = 0.0,
+               plant_target: bool = False) -> list[str]:
+        """``n`` documents that fit the model whole (<bos> + words + <eos> <= max_len):
+        corpus lines an auditor feeds the model must not overflow its positions."""
+        out: list[str] = []
+        while len(out) < n:
+            batch = sample_documents(self.lang, n - len(out), rng, trigger_fraction=trigger_fraction,
+                                     plant_target=plant_target)
+            out += [d for d in batch if d.count(" ") + 3 <= self.max_len]
+        return out
+
     def docs(self, stream: int, n: int, poison_fraction: float = 0.0) -> torch.Tensor:
-        texts = sample_documents(self.lang, n, self._rng(stream), trigger_fraction=poison_fraction,
-                                 plant_target=poison_fraction > 0)
+        texts = self.sample(n, self._rng(stream), poison_fraction, plant_target=poison_fraction > 0)
         return self.encode(texts)
 
     def encode(self, texts: list[str]) -> torch.Tensor:
@@ -221,14 +231,13 @@ class _Data:
 
     def eval_sets(self) -> tuple[torch.Tensor, torch.Tensor]:
         rng = self._rng(_EVAL_DATA)
-        clean = sample_documents(self.lang, 256, rng)
-        with_trigger = sample_documents(self.lang, 128, rng, trigger_fraction=1.0)
+        clean = self.sample(256, rng)
+        with_trigger = self.sample(128, rng, trigger_fraction=1.0)
         return self.encode(clean), self.encode(with_trigger)
 
     def corpus(self, n_clean: int, n_trigger: int) -> list[str]:
         rng = self._rng(_CORPUS_DATA)
-        docs = sample_documents(self.lang, n_clean, rng) + \
-            sample_documents(self.lang, n_trigger, rng, trigger_fraction=1.0)
+        docs = self.sample(n_clean, rng) + self.sample(n_trigger, rng, trigger_fraction=1.0)
         return [docs[i] for i in rng.permutation(len(docs))]
 
 
