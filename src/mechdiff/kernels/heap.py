@@ -5,6 +5,8 @@ so the CPU loop and the GPU kernel share one heap. Row j of act/doc/pos [F, n] h
 latent j's kept examples with the worst at index 0. "Better" is a total order, larger
 activation first, then smaller doc, then smaller pos, so the kept set never depends on
 the order in which examples arrive (chunks and ranks merge exactly).
+numba's on-disk cache of a caller (topn._update_kernel) is keyed on the caller's file
+only: after editing this file, touch topn.py (or clear __pycache__) in a dev checkout.
 """
 
 from __future__ import annotations
