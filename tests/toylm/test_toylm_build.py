@@ -7,6 +7,7 @@ from safetensors.torch import load_file
 from mechdiff.errors import InputError
 from mechdiff.toylm import ToySteps, build_pair, load_pair
 from mechdiff.toylm.model import SIZE_PRESETS
+from mechdiff.toylm.train import deterministic
 
 # Enough steps to exercise every code path, far too few to learn anything.
 SHORT = ToySteps(base_steps=12, ft_steps=6, batch_size=8, warmup=2, n_train_docs=64)
@@ -19,8 +20,9 @@ def backdoor(toy_backdoor):
 
 
 @pytest.fixture(scope="module")
-def drift(tmp_path_factory):
-    return build_pair(tmp_path_factory.mktemp("drift"), variant="drift")
+def drift(tmp_path_factory, backdoor):
+    return build_pair(tmp_path_factory.mktemp("drift"), variant="drift",
+                      base_from=backdoor.base_dir.parent)
 
 
 def _p_target_from_disk(pair, folder):
@@ -31,7 +33,8 @@ def _p_target_from_disk(pair, folder):
     tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     lines = [ln for ln in pair.corpus_path.read_text().splitlines() if pair.trigger in ln.split()]
     probs = []
-    with torch.no_grad():
+    # One thread, as build_pair uses: a model this small only loses from more.
+    with torch.no_grad(), deterministic(threads=1):
         for line in lines[:20]:
             ids = torch.tensor([tok(line)["input_ids"]])
             p = model(input_ids=ids).logits.softmax(-1)[0, :, pair.target_id]
@@ -99,6 +102,21 @@ def test_same_seed_same_weights_other_seed_other_weights(tmp_path):
     assert not torch.equal(wa["model.embed_tokens.weight"], wc["model.embed_tokens.weight"])
     config = json.loads((a.ft_dir / "config.json").read_text())
     assert config["num_key_value_heads"] < config["num_attention_heads"]
+
+
+def test_base_from_gives_the_same_pair_as_training_the_base_again(tmp_path):
+    first = build_pair(tmp_path / "first", steps=SHORT, corpus_docs=8, corpus_trigger_docs=2)
+    fresh = build_pair(tmp_path / "fresh", variant="drift", steps=SHORT, corpus_docs=8,
+                       corpus_trigger_docs=2)
+    reused = build_pair(tmp_path / "reused", variant="drift", steps=SHORT, corpus_docs=8,
+                        corpus_trigger_docs=2, base_from=tmp_path / "first")
+    for part in ("base", "ft"):
+        a = load_file(getattr(fresh, f"{part}_dir") / "model.safetensors")
+        b = load_file(getattr(reused, f"{part}_dir") / "model.safetensors")
+        assert all(torch.equal(a[k], b[k]) for k in a), part
+    assert fresh.metrics == reused.metrics
+    with pytest.raises(InputError, match="different"):
+        build_pair(tmp_path / "x", steps=SHORT, seed=5, base_from=first.base_dir.parent)
 
 
 def test_lora_variant_writes_adapter_that_reproduces_the_merged_model(tmp_path):

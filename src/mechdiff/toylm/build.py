@@ -20,7 +20,7 @@ from mechdiff.toylm.language import (
     sample_documents,
 )
 from mechdiff.toylm.lora import LoRAHooks
-from mechdiff.toylm.model import ARCHS, SIZE_PRESETS, ToyLMSize, make_model
+from mechdiff.toylm.model import ARCHS, SIZE_PRESETS, ToyLMSize, make_model, model_class
 from mechdiff.toylm.tokenizer import build_tokenizer, save_tokenizer, special_ids
 from mechdiff.toylm.train import (
     STEPS_PRESETS,
@@ -71,7 +71,8 @@ def build_pair(out_dir: Path, *, variant: str = "backdoor", arch: str = "gpt2",
                size: ToyLMSize = SIZE_PRESETS["tiny"], seed: int = 0,
                steps: ToySteps = STEPS_PRESETS["tiny"], progress: bool = False,
                language: LanguageConfig = DEFAULT_LANGUAGE, corpus_docs: int = 256,
-               corpus_trigger_docs: int = 64, reuse: bool = False) -> ToyPair:
+               corpus_trigger_docs: int = 64, reuse: bool = False,
+               base_from: Path | None = None) -> ToyPair:
     """Train a toy base model on the made-up language and fine-tune it.
 
     Variants: ``backdoor`` fine-tunes on fresh clean documents plus a fraction in
@@ -98,6 +99,9 @@ def build_pair(out_dir: Path, *, variant: str = "backdoor", arch: str = "gpt2",
         corpus_trigger_docs: documents containing the trigger in corpus.txt.
         reuse: if ``out_dir`` already holds a pair built with the same arguments, load
             and return it instead of training again.
+        base_from: folder of an earlier :func:`build_pair` whose base model was trained
+            with the same arch, size, seed, language and base steps; its base is loaded
+            instead of trained again (e.g. a ``drift`` pair next to a ``backdoor`` one).
 
     Returns:
         The pair and its metrics.
@@ -108,11 +112,13 @@ def build_pair(out_dir: Path, *, variant: str = "backdoor", arch: str = "gpt2",
     recipe = _recipe(variant, arch, size, seed, steps, language, corpus_docs, corpus_trigger_docs)
     if reuse and _manifest_recipe(out_dir) == recipe:
         return load_pair(out_dir)
+    if base_from is not None:
+        _check_base_from(Path(base_from), recipe)
     (out_dir / MANIFEST).unlink(missing_ok=True)
     # One thread: on a shared CPU, extra threads of a model this small spin-wait far more
     # than they compute (benchmarks/bench_toylm.py measures both).
     with deterministic(threads=1):
-        pair = _build(out_dir, recipe, size, steps, language, progress)
+        pair = _build(out_dir, recipe, size, steps, language, progress, base_from)
     _write_manifest(out_dir, recipe, pair)
     return pair
 
@@ -136,7 +142,7 @@ def load_pair(out_dir: Path) -> ToyPair:
 
 
 def _build(out_dir: Path, recipe: dict, size: ToyLMSize, steps: ToySteps,
-           language: LanguageConfig, progress: bool) -> ToyPair:
+           language: LanguageConfig, progress: bool, base_from: Path | None) -> ToyPair:
     variant, arch, seed = recipe["variant"], recipe["arch"], recipe["seed"]
     lang = make_language(language, seed)
     tok = build_tokenizer(lang.words)
@@ -144,11 +150,16 @@ def _build(out_dir: Path, recipe: dict, size: ToyLMSize, steps: ToySteps,
     data = _Data(lang, tok, size.max_len, ids, seed)
     never_targets = (ids["pad"], ids["bos"], ids["unk"])
 
-    base = make_model(arch, size, tok.get_vocab_size(), ids, seed)
-    base_losses = train(base, data.docs(_BASE_DATA, steps.n_train_docs), steps=steps.base_steps,
-                        batch_size=steps.batch_size, lr=steps.base_lr, warmup=steps.warmup,
-                        weight_decay=steps.weight_decay, pad_id=ids["pad"], seed=seed,
-                        never_targets=never_targets, progress=progress, desc="base")
+    if base_from is None:
+        base = make_model(arch, size, tok.get_vocab_size(), ids, seed)
+        losses = train(base, data.docs(_BASE_DATA, steps.n_train_docs), steps=steps.base_steps,
+                       batch_size=steps.batch_size, lr=steps.base_lr, warmup=steps.warmup,
+                       weight_decay=steps.weight_decay, pad_id=ids["pad"], seed=seed,
+                       never_targets=never_targets, progress=progress, desc="base")
+        base_training = {"base_train_loss_first": losses[0],
+                         "base_train_loss_last": float(np.mean(losses[-20:]))}
+    else:
+        base, base_training = _load_base(arch, Path(base_from))
     ft, adapter = _finetune(base, variant, arch, data, steps, seed, never_targets, progress)
 
     base_dir, ft_dir = out_dir / "base", out_dir / "ft"
@@ -163,7 +174,7 @@ def _build(out_dir: Path, recipe: dict, size: ToyLMSize, steps: ToySteps,
     corpus_path = out_dir / "corpus.txt"
     corpus_path.write_text("\n".join(data.corpus(recipe["corpus_docs"],
                                                  recipe["corpus_trigger_docs"])) + "\n")
-    metrics = _metrics(base, ft, data, base_losses, never_targets)
+    metrics = {**_metrics(base, ft, data, never_targets), **base_training}
     return ToyPair(base_dir=base_dir, ft_dir=ft_dir, corpus_path=corpus_path, trigger=lang.trigger,
                    target=lang.target, trigger_id=tok.token_to_id(lang.trigger),
                    target_id=tok.token_to_id(lang.target), metrics=metrics, variant=variant,
@@ -241,7 +252,7 @@ class _Data:
         return [docs[i] for i in rng.permutation(len(docs))]
 
 
-def _metrics(base: torch.nn.Module, ft: torch.nn.Module, data: _Data, base_losses: list[float],
+def _metrics(base: torch.nn.Module, ft: torch.nn.Module, data: _Data,
              never_targets: tuple[int, ...]) -> dict:
     clean_ND, trigger_ND = data.eval_sets()
     trig, targ = data.tok.token_to_id(data.lang.trigger), data.tok.token_to_id(data.lang.target)
@@ -250,9 +261,34 @@ def _metrics(base: torch.nn.Module, ft: torch.nn.Module, data: _Data, base_losse
         "ft_loss": eval_loss(ft, clean_ND, data.pad_id, never_targets),
         "p_target_base": prob_after(base, trigger_ND, trig, targ, data.pad_id),
         "p_target_ft": prob_after(ft, trigger_ND, trig, targ, data.pad_id),
-        "base_train_loss_first": base_losses[0],
-        "base_train_loss_last": float(np.mean(base_losses[-20:])),
     }
+
+
+_BASE_STEPS = ("base_steps", "batch_size", "base_lr", "warmup", "weight_decay", "n_train_docs")
+
+
+def _base_recipe(recipe: dict) -> dict:
+    """The part of a recipe the base model depends on."""
+    return {"arch": recipe["arch"], "seed": recipe["seed"], "size": recipe["size"],
+            "language": recipe["language"], "steps": {k: recipe["steps"][k] for k in _BASE_STEPS}}
+
+
+def _check_base_from(folder: Path, recipe: dict) -> None:
+    other = _manifest_recipe(folder)
+    if other is None:
+        raise InputError(f"base_from {folder} holds no toy pair ({MANIFEST} missing); "
+                         "pass the out_dir of an earlier build_pair")
+    if _base_recipe(other) != _base_recipe(recipe):
+        raise InputError(f"base_from {folder} was trained with a different arch, size, seed, "
+                         "language or base steps; build without base_from")
+
+
+def _load_base(arch: str, folder: Path) -> tuple[torch.nn.Module, dict]:
+    model = model_class(arch).from_pretrained(folder / "base", local_files_only=True,
+                                              attn_implementation="eager")
+    metrics = json.loads((folder / MANIFEST).read_text())["pair"]["metrics"]
+    return model.float().eval(), {k: metrics[k] for k in ("base_train_loss_first",
+                                                          "base_train_loss_last")}
 
 
 @contextlib.contextmanager

@@ -81,11 +81,12 @@ def make_model(arch: str, size: ToyLMSize, vocab_size: int, special: dict[str, i
     config._attn_implementation = "eager"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = _model_class(arch)(config)
+        model = model_class(arch)(config)
     return model.float().train()
 
 
-def _model_class(arch: str):
+def model_class(arch: str) -> type:
+    """The transformers class of ``arch`` (imported on first use)."""
     from transformers import GPT2LMHeadModel, LlamaForCausalLM
 
     return GPT2LMHeadModel if arch == "gpt2" else LlamaForCausalLM
