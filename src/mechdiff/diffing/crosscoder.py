@@ -112,15 +112,16 @@ class CrossCoder(nn.Module):
         when training and the scores above the running threshold otherwise;
         L1 keeps every positive activation.
         """
-        acts_BF = pre_BF.clamp_min(0)
         if self.sparsity == "l1":
-            keep_BF = acts_BF > 0
-            return _code_from_mask(acts_BF, keep_BF)
-        scores_BF = acts_BF * self.decoder_norms().sum(dim=1)
+            return _code_from_positions(pre_BF, torch.nonzero(pre_BF.reshape(-1) > 0).squeeze(1))
+        # negative pre-activations give negative scores, which are never kept: no ReLU pass needed
+        scores_BF = pre_BF * self.decoder_norms().sum(dim=1)
         if train or self.threshold < 0:
             positions = batch_topk_positions(scores_BF, self.k * pre_BF.shape[0])
-            return _code_from_positions(acts_BF, positions)
-        return _code_from_mask(acts_BF, scores_BF > self.threshold)
+        else:
+            positions = torch.nonzero(scores_BF.reshape(-1) > self.threshold).squeeze(1)
+        # kept scores are > 0, so the pre-activations there are the ReLU outputs
+        return _code_from_positions(pre_BF, positions)
 
     def encode_sparse(self, x_BMD: torch.Tensor, *, train: bool = False) -> SparseCode:
         """Sparse latent activations of x, differentiable w.r.t. the encoder parameters."""
@@ -162,38 +163,40 @@ def batch_topk_positions(scores_BF: torch.Tensor, n_keep: int) -> torch.Tensor:
 
     Exact, but avoids a top-k over all B*F scores: a strided sample gives a
     threshold a little below the wanted quantile, the (few) candidates above it
-    are ranked exactly, and a full top-k runs only if the guess was too high.
+    are ranked exactly, and the full ranking runs only if the guess was too high.
 
     Args:
-        scores_BF: [B, F] non-negative scores.
-        n_keep: number of entries to keep.
+        scores_BF: [B, F] scores; only positive ones can be kept.
+        n_keep: number of entries to keep (fewer when fewer scores are positive).
 
     Returns:
         [<= n_keep] int64 flat positions into scores_BF, ascending.
     """
     flat = scores_BF.reshape(-1)
-    positive = int((flat > 0).sum())
-    if positive <= n_keep:
-        return torch.nonzero(flat > 0).squeeze(1)
-    candidates = _candidates_above_guess(flat, n_keep)
-    if candidates is None:
-        keep = flat.topk(n_keep, sorted=False).indices
-    else:
-        keep = candidates[flat[candidates].topk(n_keep, sorted=False).indices]
-    return keep.sort().values
+    guess = _threshold_guess(flat, n_keep)
+    candidates = torch.nonzero(flat >= guess if guess > 0 else flat > 0).squeeze(1)
+    if guess > 0 and candidates.numel() < n_keep:  # guessed too high: rank everything
+        candidates = torch.nonzero(flat > 0).squeeze(1)
+    if candidates.numel() <= n_keep:
+        return candidates
+    chosen = torch.zeros(candidates.numel(), dtype=torch.bool, device=flat.device)
+    chosen[flat[candidates].topk(n_keep, sorted=False).indices] = True
+    return candidates[chosen]  # a mask keeps the ascending order without sorting
 
 
-def _candidates_above_guess(flat: torch.Tensor, n_keep: int) -> torch.Tensor | None:
-    n_sample = 1 << 16
-    if flat.numel() < 8 * n_sample:
-        return None
+def _threshold_guess(flat: torch.Tensor, n_keep: int) -> float:
+    """A score a little below the n_keep-th largest, from a strided sample (0: no guess)."""
+    n_sample = 1 << 14
+    if flat.numel() < 16 * n_sample:
+        return 0.0
     stride = flat.numel() // n_sample
     sample = flat[::stride]
-    # aim for ~1.5x n_keep candidates (+ slack for sampling noise)
-    want = min(1.0, (1.5 * n_keep + 4 * stride) / flat.numel())
-    guess = float(torch.quantile(sample.float(), 1.0 - want))
-    candidates = torch.nonzero(flat >= guess if guess > 0 else flat > 0).squeeze(1)
-    return candidates if candidates.numel() >= n_keep else None
+    # aim for ~1.25x n_keep candidates plus slack for sampling noise
+    want = (1.25 * n_keep + 8 * stride) / flat.numel()
+    if want >= 1:
+        return 0.0
+    rank = min(sample.numel(), max(1, int(want * sample.numel())))
+    return float(sample.float().kthvalue(sample.numel() - rank + 1).values)
 
 
 def _code_from_positions(acts_BF: torch.Tensor, positions: torch.Tensor) -> SparseCode:
@@ -203,7 +206,3 @@ def _code_from_positions(acts_BF: torch.Tensor, positions: torch.Tensor) -> Spar
     offsets = torch.zeros(n_rows + 1, dtype=torch.int64, device=acts_BF.device)
     offsets[1:] = torch.cumsum(counts, 0)
     return SparseCode(acts_BF.reshape(-1)[positions], positions % n_latents, offsets)
-
-
-def _code_from_mask(acts_BF: torch.Tensor, keep_BF: torch.Tensor) -> SparseCode:
-    return _code_from_positions(acts_BF, torch.nonzero(keep_BF.reshape(-1)).squeeze(1))
