@@ -101,21 +101,37 @@ class ToyReport:
     """What ``mechdiff decompose --toy NAME`` reports."""
 
     name: str
+    """Toy model name."""
     mmcs: float
+    """Mean max cosine similarity of the feature-reading matrix's components with the true feature columns."""
     ml2r: float
+    """Mean L2 ratio of those best-matching component columns to the true columns."""
     n_alive: int
+    """Alive subcomponents of the feature-reading matrix (linear1 / mlp_in)."""
     n_alive_per_module: dict[str, int]
+    """Alive subcomponents per decomposed module."""
     n_components: int
+    """C per module."""
     features_one_component: int
+    """Features whose one-hot input makes exactly one component fire, one no other feature uses."""
     n_features: int
+    """True features of the toy."""
     ci_pattern: list[list[float]]
+    """[n_features][C] causal importances of the feature-reading matrix's components on one-hot inputs."""
     steps: int
+    """SPD steps."""
     seconds: float
+    """Wall time of the decomposition."""
     cpu_seconds: float
+    """CPU time of the decomposition (single-threaded: what it takes on an idle core)."""
     steps_per_s: float
+    """steps / seconds."""
     target_seconds: float
+    """Wall time spent training the toy model itself."""
     targets: dict[str, bool]
+    """The issue's targets for this toy and whether each was met."""
     decomposition: Decomposition = field(repr=False)
+    """The decomposition (not part of the JSON)."""
 
     @property
     def targets_met(self) -> bool:
