@@ -197,6 +197,9 @@ def test_missing_matplotlib_and_bad_output_are_input_errors(planted, tmp_path, m
         render_report(results, tmp_path / "nowhere" / "r.html")
     with pytest.raises(InputError, match="no such|does not exist"):
         render_report(tmp_path / "missing.h5", tmp_path / "r.html")
+    with pytest.raises(InputError, match="overwrite the results"):
+        render_report(results, results)
+    assert open_results(results).close() is None  # still a readable results file
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     with pytest.raises(InputError, match=r"pip install 'mechdiff\[report\]'"):
         render_report(results, tmp_path / "r.html")

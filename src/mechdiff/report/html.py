@@ -54,6 +54,8 @@ def render_report(results_path: str | os.PathLike, out_html: str | os.PathLike) 
         raise InputError(f"report output {out_html} is a folder; give a file name such as {out / 'report.html'}")
     if not out.parent.is_dir():
         raise InputError(f"report folder {out.parent} does not exist; create it first")
+    if out.resolve() == Path(results_path).expanduser().resolve():
+        raise InputError(f"the report {out_html} would overwrite the results file; choose another name")
     with open_results(results_path) as results:
         document = build_html(results)
     _write_atomic(out, document)
