@@ -24,12 +24,16 @@ from mechdiff.toylm.train import STEPS_PRESETS
 @click.option("--preset", type=click.Choice(sorted(SIZE_PRESETS)), default="tiny", show_default=True,
               help="tiny builds in seconds; small (d 256, 4 layers) takes minutes.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=int, default=1, show_default=True,
+              help="torch threads; more only pays off for --preset small on an idle machine.")
 @click.option("--reuse/--no-reuse", default=False, help="Keep OUT_DIR if it already holds this pair.")
-def main(out_dir: Path, variant: str, arch: str, preset: str, seed: int, reuse: bool) -> None:
+def main(out_dir: Path, variant: str, arch: str, preset: str, seed: int, threads: int,
+         reuse: bool) -> None:
     """Train a tiny base model and a fine-tune of it; print the pair as JSON."""
     try:
         pair = build_pair(out_dir, variant=variant, arch=arch, size=SIZE_PRESETS[preset],
-                          steps=STEPS_PRESETS[preset], seed=seed, progress=True, reuse=reuse)
+                          steps=STEPS_PRESETS[preset], seed=seed, progress=True, reuse=reuse,
+                          threads=threads)
     except MechdiffError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(err.exit_code)

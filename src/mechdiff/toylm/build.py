@@ -72,7 +72,7 @@ def build_pair(out_dir: Path, *, variant: str = "backdoor", arch: str = "gpt2",
                steps: ToySteps = STEPS_PRESETS["tiny"], progress: bool = False,
                language: LanguageConfig = DEFAULT_LANGUAGE, corpus_docs: int = 256,
                corpus_trigger_docs: int = 64, reuse: bool = False,
-               base_from: Path | None = None) -> ToyPair:
+               base_from: Path | None = None, threads: int | None = 1) -> ToyPair:
     """Train a toy base model on the made-up language and fine-tune it.
 
     Variants: ``backdoor`` fine-tunes on fresh clean documents plus a fraction in
@@ -102,6 +102,9 @@ def build_pair(out_dir: Path, *, variant: str = "backdoor", arch: str = "gpt2",
         base_from: folder of an earlier :func:`build_pair` whose base model was trained
             with the same arch, size, seed, language and base steps; its base is loaded
             instead of trained again (e.g. a ``drift`` pair next to a ``backdoor`` one).
+        threads: torch threads while building (restored afterwards); None keeps the
+            caller's setting. 1 suits the tiny preset and shared CPUs; give the small
+            preset more on an idle many-core machine.
 
     Returns:
         The pair and its metrics.
@@ -115,9 +118,9 @@ def build_pair(out_dir: Path, *, variant: str = "backdoor", arch: str = "gpt2",
     if base_from is not None:
         _check_base_from(Path(base_from), recipe)
     (out_dir / MANIFEST).unlink(missing_ok=True)
-    # One thread: on a shared CPU, extra threads of a model this small spin-wait far more
-    # than they compute (benchmarks/bench_toylm.py measures both).
-    with deterministic(threads=1):
+    # Default one thread: on a shared CPU, extra threads of a model this small spin-wait
+    # far more than they compute (benchmarks/bench_toylm.py measures both).
+    with deterministic(threads=threads):
         pair = _build(out_dir, recipe, size, steps, language, progress, base_from)
     _write_manifest(out_dir, recipe, pair)
     return pair
@@ -149,15 +152,8 @@ def _build(out_dir: Path, recipe: dict, size: ToyLMSize, steps: ToySteps,
     ids = special_ids(tok)
     data = _Data(lang, tok, size.max_len, ids, seed)
     never_targets = (ids["pad"], ids["bos"], ids["unk"])
-
     if base_from is None:
-        base = make_model(arch, size, tok.get_vocab_size(), ids, seed)
-        losses = train(base, data.docs(_BASE_DATA, steps.n_train_docs), steps=steps.base_steps,
-                       batch_size=steps.batch_size, lr=steps.base_lr, warmup=steps.warmup,
-                       weight_decay=steps.weight_decay, pad_id=ids["pad"], seed=seed,
-                       never_targets=never_targets, progress=progress, desc="base")
-        base_training = {"base_train_loss_first": losses[0],
-                         "base_train_loss_last": float(np.mean(losses[-20:]))}
+        base, base_training = _train_base(arch, size, steps, data, ids, never_targets, progress)
     else:
         base, base_training = _load_base(arch, Path(base_from))
     ft, adapter = _finetune(base, variant, arch, data, steps, seed, never_targets, progress)
@@ -174,11 +170,21 @@ def _build(out_dir: Path, recipe: dict, size: ToyLMSize, steps: ToySteps,
     corpus_path = out_dir / "corpus.txt"
     corpus_path.write_text("\n".join(data.corpus(recipe["corpus_docs"],
                                                  recipe["corpus_trigger_docs"])) + "\n")
-    metrics = {**_metrics(base, ft, data, never_targets), **base_training}
     return ToyPair(base_dir=base_dir, ft_dir=ft_dir, corpus_path=corpus_path, trigger=lang.trigger,
                    target=lang.target, trigger_id=tok.token_to_id(lang.trigger),
-                   target_id=tok.token_to_id(lang.target), metrics=metrics, variant=variant,
-                   adapter_dir=adapter_dir)
+                   target_id=tok.token_to_id(lang.target), variant=variant, adapter_dir=adapter_dir,
+                   metrics={**_metrics(base, ft, data, never_targets), **base_training})
+
+
+def _train_base(arch: str, size: ToyLMSize, steps: ToySteps, data: _Data, ids: dict[str, int],
+                never_targets: tuple[int, ...], progress: bool) -> tuple[torch.nn.Module, dict]:
+    base = make_model(arch, size, data.tok.get_vocab_size(), ids, data.seed)
+    losses = train(base, data.docs(_BASE_DATA, steps.n_train_docs), steps=steps.base_steps,
+                   batch_size=steps.batch_size, lr=steps.base_lr, warmup=steps.warmup,
+                   weight_decay=steps.weight_decay, pad_id=ids["pad"], seed=data.seed,
+                   never_targets=never_targets, progress=progress, desc="base")
+    return base, {"base_train_loss_first": losses[0],
+                  "base_train_loss_last": float(np.mean(losses[-20:]))}
 
 
 def _finetune(base: torch.nn.Module, variant: str, arch: str, data: _Data, steps: ToySteps,

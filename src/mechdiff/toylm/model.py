@@ -45,7 +45,7 @@ class ToyLMSize:
 
     @classmethod
     def preset(cls, name: str) -> ToyLMSize:
-        """``tiny`` (d 64, 2 layers; builds in seconds) or ``small`` (d 256, 4 layers)."""
+        """``tiny`` (d 64, 2 layers; builds in seconds) or ``small`` (d 256, 4 layers; minutes)."""
         if name not in SIZE_PRESETS:
             raise ValueError(f"unknown size preset {name!r}; choose one of {sorted(SIZE_PRESETS)}")
         return SIZE_PRESETS[name]
@@ -53,7 +53,7 @@ class ToyLMSize:
 
 SIZE_PRESETS = {
     "tiny": ToyLMSize(),
-    "small": ToyLMSize(d_model=256, n_layers=4, n_heads=8, n_kv_heads=2, d_mlp=1024, max_len=96,
+    "small": ToyLMSize(d_model=256, n_layers=4, n_heads=8, n_kv_heads=2, d_mlp=512, max_len=96,
                        init_std=0.05),
 }
 

@@ -76,8 +76,8 @@ class ToySteps:
 
 STEPS_PRESETS = {
     "tiny": ToySteps(),
-    "small": ToySteps(base_steps=1500, ft_steps=400, batch_size=32, base_lr=1e-3, ft_lr=3e-4,
-                      lora_lr=3e-3, warmup=100, n_train_docs=16000),
+    "small": ToySteps(base_steps=600, ft_steps=150, batch_size=32, base_lr=2e-3, ft_lr=1e-3,
+                      lora_lr=5e-3, warmup=40, n_train_docs=8000),
 }
 
 
