@@ -182,7 +182,7 @@ def test_pure_drift_of_any_size_has_rank_zero(shape):
     m, n = shape
     rng = np.random.default_rng(m * n)
     ranks = []
-    for seed in range(250):
+    for seed in range(200):
         drift = float(10 ** rng.uniform(-3, math.log10(0.3)))
         base_norm, D, _ = _planted(m, n, drift, [], seed=seed)
         ranks.append(_analyze(D, base_norm).rank)
@@ -198,6 +198,32 @@ def test_pure_drift_on_the_sketched_path_has_rank_zero_and_unbiased_sigma():
     assert spec.singular_values[CONFIG.k - 1] < 0.99 * exact[CONFIG.k - 1]
     assert spec.noise_sigma == pytest.approx(sigma, rel=0.01)
     assert spec.score == pytest.approx(CONFIG.drift_weight * 0.02, rel=1e-3)
+
+
+def _scaled_drift(m: int, n: int, spread: float, seed: int) -> torch.Tensor:
+    """Drift whose row and column scales are log-uniform over [1, spread] (not iid)."""
+    gen = torch.Generator().manual_seed(seed)
+    rows = torch.exp(torch.rand(m, 1, generator=gen) * math.log(spread))
+    cols = torch.exp(torch.rand(1, n, generator=gen) * math.log(spread))
+    return rows * torch.randn(m, n, generator=gen) * cols
+
+
+def test_row_and_column_scaled_drift_is_not_structure():
+    ranks, iid_ranks = [], []
+    for seed in range(4):
+        D = _scaled_drift(256, 384, 3.0, seed)
+        ranks.append(_analyze(D, 100.0).rank)
+        iid_ranks.append(_analyze(D, 100.0, SpectralConfig(signflip=False)).rank)
+    assert max(ranks) <= 1 and sum(ranks) <= 1
+    assert min(iid_ranks) >= 5  # what an iid edge alone makes of it
+
+
+def test_edit_in_row_and_column_scaled_drift_is_found():
+    D = _scaled_drift(256, 384, 3.0, seed=7)
+    gen = torch.Generator().manual_seed(7)
+    u, v = torch.randn(256, 1, generator=gen), torch.randn(384, 1, generator=gen)
+    D += 1.5 * float(torch.linalg.matrix_norm(D, ord=2)) * (u / u.norm()) @ (v / v.norm()).T
+    assert _analyze(D, 100.0).rank == 1
 
 
 def test_small_edit_outranks_larger_drift_of_other_shapes():
@@ -231,6 +257,13 @@ def test_k_grows_when_every_value_is_structured():
     assert len(spec.singular_values) >= 40
     no_growth = _analyze(B @ A, 100.0, SpectralConfig(k=16, k_max=0))
     assert no_growth.rank == 16
+
+
+def test_non_finite_delta_is_refused():
+    D = torch.zeros(40, 30)
+    D[3, 4] = float("nan")
+    with pytest.raises(ValueError, match="NaN/Inf"):
+        _analyze(D, 1.0)
 
 
 def test_zero_delta_is_all_zero():

@@ -24,8 +24,9 @@ import torch
 # Below this many entries an exact SVD is as fast as a sketch and gives every value.
 _EXACT_MAX_ENTRIES = 1 << 16
 _SIGMA_STEPS = 6
+_FLIP_ROUNDS = 4
 _METHODS = ("krylov", "subspace")
-_FROB_BLOCK = 1 << 20  # elements per float64 block when summing ||D||^2
+_FROB_BLOCK = 1 << 20  # elements per block when streaming over D
 
 INTRUDER_DTYPE = np.dtype([("index", np.int64), ("max_cos", np.float32)])
 
@@ -52,6 +53,19 @@ class SpectralConfig:
     With sigma estimated leaving out the tested value, the 99.99% point of pure Gaussian
     noise measured 4.2-4.8 for shapes from 16x64 to 64x256 (5.6 at 16x16, 7.3 at 8x8), so
     5.0 calls pure drift structured in about 1e-4 of draws there."""
+    signflip: bool = True
+    """Also require a value to clear the top singular value of D with random entry signs
+    (Hong, Sheng & Dobriban 2020). Flipping signs destroys low-rank structure but keeps
+    any variance profile, so this cut follows row/column-scaled drift, which an iid edge
+    mistakes for structure (pure drift with row and column scales spread 2x came out as
+    rank 4-22 at 256x256-512x1024 without it, 0-1 with it). Costs one copy of D and a
+    thin sketch (about +30-60% time); pure iid drift is unaffected."""
+    signflip_quantile: float = 3.0
+    """Margin above the sign-flipped top value, in Tracy-Widom units; it compares two
+    draws of the same law, so 3 units leave a few % of heteroscedastic tensors at rank 1."""
+    signflip_sketch_margin: float = 0.01
+    """Relative margin on the sketched sign-flipped value, which a thin Krylov sketch
+    underestimates by up to ~0.5% on a flat spectrum (exact path: no margin)."""
     rel_floor: float = 1e-4
     """Values below rel_floor * s_1 are float32 round-off, never structure; this also
     floors the noise level of an exactly low-rank delta (a merged LoRA)."""
@@ -69,6 +83,10 @@ class SpectralConfig:
         _require(self.k_max == 0 or self.k_max >= self.k,
                  f"k_max must be 0 or >= k ({self.k}), got {self.k_max}")
         _require(self.tw_quantile >= 0, f"tw_quantile must be >= 0, got {self.tw_quantile}")
+        _require(self.signflip_quantile >= 0,
+                 f"signflip_quantile must be >= 0, got {self.signflip_quantile}")
+        _require(0 <= self.signflip_sketch_margin < 1,
+                 f"signflip_sketch_margin must be in [0, 1), got {self.signflip_sketch_margin}")
         _require(0 <= self.rel_floor < 1, f"rel_floor must be in [0, 1), got {self.rel_floor}")
         _require(0 <= self.drift_weight < 1,
                  f"drift_weight must be in [0, 1), got {self.drift_weight}")
@@ -224,7 +242,8 @@ def analyze_delta(D: torch.Tensor, *, base_norm: float, config: SpectralConfig,
     """Spectrum, noise bulk, structured rank and score of one delta matrix.
 
     Args:
-        D: W_ft - W_base as [out, in] (or one head slice of it), float32, any device.
+        D: W_ft - W_base as [out, in] (or one head slice of it), float32, any device,
+            all finite (NaN/Inf raise ValueError: the caller reports them instead).
         base_norm: ||W_base||_F of the same tensor or slice (the score's unit).
         config: sketch and detection settings.
         frob2: ||D||_F^2 when the caller already has it (fused statistics); computed
@@ -239,15 +258,17 @@ def analyze_delta(D: torch.Tensor, *, base_norm: float, config: SpectralConfig,
     D = D if D.dtype == torch.float32 else D.float()
     if frob2 is None:
         frob2 = frobenius2(D)
+    _require(math.isfinite(frob2), "delta has NaN/Inf entries (report them; no spectrum)")
     k = config.k
     while True:
         U, S, V = _top_triplets(D, k, config)
-        fit = _fit_noise(S, D.shape, frob2, config)
+        fit = _detect(D, U, S, V, frob2, config)
         if not _should_grow(fit.rank, k, D.shape, config):
             break
         k = min(2 * k, config.k_max, *D.shape)
-    return _spectrum(U, S, V, fit, frob2, base_norm, exact=_use_exact(D.shape, min(k, *D.shape), config.oversample,
-                                                      config.n_iter, config.method),
+    exact = _use_exact(D.shape, min(k, *D.shape), config.oversample, config.n_iter,
+                       config.method)
+    return _spectrum(U, S, V, fit, frob2, base_norm, exact=exact,
                      drift_weight=config.drift_weight)
 
 
@@ -419,8 +440,51 @@ def spike_strength(s: np.ndarray, sigma: float, m: int, n: int) -> np.ndarray:
     return np.sqrt(np.maximum((b + np.sqrt(disc)) / 2, 0.0))
 
 
+def _detect(D: torch.Tensor, U: torch.Tensor, S: torch.Tensor, V: torch.Tensor, frob2: float,
+            config: SpectralConfig) -> _NoiseFit:
+    # A strong spike left in the flipped matrix becomes extra noise energy and raises the
+    # sign-flip cut, hiding weaker spikes (a rank-2 head edit came out rank 1). So the
+    # spikes found so far are subtracted before flipping, until the rank stops growing.
+    # Values below the cut are never subtracted: that would flatten a real variance
+    # profile and bring back the spurious ranks the sign flip is there to remove.
+    if not config.signflip:
+        return _fit_noise(S, D.shape, frob2, config)
+    removed = 0
+    for _ in range(_FLIP_ROUNDS):
+        flip_top = _signflip_top(D, U[:, :removed] * S[:removed], V[:, :removed], config)
+        fit = _fit_noise(S, D.shape, frob2, config, flip_top)
+        if fit.rank <= removed:
+            break
+        removed = fit.rank
+    return fit
+
+
+def _signflip_top(D: torch.Tensor, US: torch.Tensor, V: torch.Tensor,
+                  config: SpectralConfig) -> float:
+    # Top singular value of (D - US V^T) * R, R_ij = +-1 at random, raised by the sketch
+    # margin when sketched (a thin deep Krylov basis: depth matters more than width here).
+    gen = torch.Generator(device=D.device).manual_seed(config.seed + 1)
+    flipped = torch.addmm(D, US, V.T, alpha=-1) if US.shape[1] else D.clone()
+    rows = max(1, _FROB_BLOCK // D.shape[1])
+    for i in range(0, D.shape[0], rows):  # signs a block at a time: one extra copy of D
+        block = flipped[i:i + rows]
+        block.mul_(torch.empty_like(block).bernoulli_(0.5, generator=gen).mul_(2).sub_(1))
+    width, depth = 4, 8
+    _, S, _ = randomized_svd(flipped, 1, oversample=width - 1, n_iter=depth,
+                             generator=torch.Generator().manual_seed(config.seed + 1))
+    exact = _use_exact(D.shape, 1, width - 1, depth, "krylov")
+    return float(S[0]) * (1 + (0 if exact else config.signflip_sketch_margin))
+
+
+def _cut(sigma: float, m: int, n: int, config: SpectralConfig, flip_top: float) -> float:
+    # The iid cut keeps its Gaussian guarantee; the sign-flip cut adds the variance profile.
+    tw_scale = 0.5 * (1 / math.sqrt(m) + 1 / math.sqrt(n)) ** (1 / 3)
+    flip_cut = flip_top + config.signflip_quantile * tw_scale * sigma if flip_top > 0 else 0.0
+    return max(detection_threshold(sigma, m, n, config), flip_cut)
+
+
 def _fit_noise(S: torch.Tensor, shape: tuple[int, int], frob2: float,
-               config: SpectralConfig) -> _NoiseFit:
+               config: SpectralConfig, flip_top: float = 0.0) -> _NoiseFit:
     # Sequential test: s_j is structured if it clears the cut computed with sigma from the
     # energy outside s_1..s_j. Leaving the tested value out keeps a spike's own energy
     # from raising the cut that should detect it (6% of sigma at 32x32 for a 1% edit in
@@ -431,12 +495,12 @@ def _fit_noise(S: torch.Tensor, shape: tuple[int, int], frob2: float,
     rank = 0
     for j in range(1, len(s) + 1):
         sigma = _sigma_outside(s[:j], m, n, frob2, floor)
-        if s[j - 1] <= detection_threshold(sigma, m, n, config):
+        if s[j - 1] <= _cut(sigma, m, n, config, flip_top):
             break
         rank = j
     sigma = _sigma_outside(s[:rank], m, n, frob2, floor)
     thetas = spike_strength(s[:rank], sigma, m, n)
-    return _NoiseFit(sigma, mp_edge(sigma, m, n), detection_threshold(sigma, m, n, config),
+    return _NoiseFit(sigma, mp_edge(sigma, m, n), _cut(sigma, m, n, config, flip_top),
                      rank, thetas)
 
 

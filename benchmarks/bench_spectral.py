@@ -1,0 +1,145 @@
+"""Spectral engine vs the full SVD and vs a norms-only pass, with accuracy figures.
+
+Each delta is a unit-variance Gaussian bulk plus four planted directions whose observed
+singular values sit at 3, 1.5, 1.25 and 1.15 times the bulk edge, so "above the edge"
+includes values that a plain sketch resolves badly. Per shape:
+
+- ratio: torch.linalg.svdvals(D) (full SVD) time / analyze_delta time;
+- ours_over_norms: (stream + analyze_delta) / stream, where "stream" is what a norms-only
+  diff does per tensor once the bytes are in memory: upcast a bf16 pair to float32,
+  subtract, take the norm. It bounds the whole-diff budget from below (no disk I/O);
+- max_rel_err: worst relative error of the singular values above the detection cut,
+  against the full SVD; sigma_err / sigma_err_full: error of noise_sigma against the
+  planted 1 and against the DESIGN.md tail estimate computed from the full SVD;
+- lowrank_bulk_bias: mean s_i(torch.svd_lowrank, niter=2) / s_i(full) - 1 over the bulk
+  values i = 5..k, the bias our noise level must not (and does not) inherit.
+
+The model row sums the per-shape times with the shape counts of a ~1B-parameter
+Llama-style model (d=2048, GQA k/v 512, MLP 8192, 16 layers, 32000x2048 embedding), or a
+d=512 analogue in --quick. A config row compares the default sketch (block Krylov, depth
+3, oversample 5) with Halko subspace iteration (depth 2, oversample 10).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import torch
+from harness import make_row, time_call
+
+from mechdiff.weightdecomp.spectral import (
+    SpectralConfig,
+    analyze_delta,
+    frobenius2,
+    mp_edge,
+)
+
+SPIKES_OVER_EDGE = (3.0, 1.5, 1.25, 1.15)
+
+# (rows, cols, count in the model)
+MODEL_1B = [((2048, 2048), 32), ((512, 2048), 32), ((8192, 2048), 32), ((2048, 8192), 16),
+            ((32000, 2048), 1)]
+MODEL_QUICK = [((512, 512), 16), ((128, 512), 16), ((2048, 512), 16), ((512, 2048), 8),
+               ((4000, 512), 1)]
+
+
+def run(quick: bool) -> list[dict]:
+    """Benchmark rows for the harness (see the module docstring)."""
+    torch.manual_seed(0)
+    model = MODEL_QUICK if quick else MODEL_1B
+    config = SpectralConfig()
+    rows, totals = [], {"full": 0.0, "ours": 0.0, "norms": 0.0}
+    for shape, count in model:
+        row = _shape_row(shape, config, quick)
+        rows.append(row)
+        totals["full"] += count * row["baseline_s"]
+        totals["ours"] += count * row["ours_s"]
+        totals["norms"] += count * row["norms_s"]
+    params = sum(m * n * c for (m, n), c in model)
+    rows.append(make_row(f"spectral/model-{params / 1e9:.2f}B-params (sum of shapes)",
+                         "full SVD of every matrix", totals["full"], totals["ours"],
+                         norms_s=totals["norms"],
+                         ours_over_norms=(totals["norms"] + totals["ours"]) / totals["norms"],
+                         threads=torch.get_num_threads(),
+                         load_avg=round(os.getloadavg()[0], 1)))
+    rows.append(_config_row(model[3][0] if quick else (2048, 8192), quick))
+    return rows
+
+
+def _planted(shape: tuple[int, int], seed: int) -> tuple[torch.Tensor, float]:
+    """Delta [m, n] with a unit-variance bulk and the SPIKES_OVER_EDGE directions."""
+    m, n = shape
+    gen = torch.Generator().manual_seed(seed)
+    D = torch.randn(m, n, generator=gen)
+    for ratio in SPIKES_OVER_EDGE:
+        # Invert s^2 = (t + m)(t + n)/t for the strength t = theta^2 giving s = ratio*edge.
+        b = (ratio * mp_edge(1.0, m, n)) ** 2 - m - n
+        theta = math.sqrt((b + math.sqrt(b * b - 4 * m * n)) / 2)
+        u, v = torch.randn(m, 1, generator=gen), torch.randn(n, 1, generator=gen)
+        D += theta * (u / u.norm()) @ (v / v.norm()).T
+    return D, frobenius2(D)
+
+
+def _shape_row(shape: tuple[int, int], config: SpectralConfig, quick: bool) -> dict:
+    D, frob2 = _planted(shape, seed=shape[0] * 7 + shape[1])
+    m, n = shape
+    exact = torch.linalg.svdvals(D).numpy()
+    full_s = time_call(lambda: torch.linalg.svdvals(D), repeat=1 if not quick else 3,
+                       warmup=0 if not quick else 1)
+    base = torch.randn(m, n).bfloat16()
+    ft = (base.float() + D * 1e-3).bfloat16()
+    norms_s = time_call(lambda: _stream_norms(base, ft), repeat=5)
+    ours_s = time_call(lambda: analyze_delta(D, base_norm=1.0, config=config, frob2=frob2),
+                       repeat=3)
+    spec = analyze_delta(D, base_norm=1.0, config=config, frob2=frob2)
+    rank = spec.rank
+    tail = float(np.sum(exact[rank:].astype(np.float64) ** 2))
+    sigma_full = math.sqrt(tail / (m * n - rank * (m + n)))
+    return make_row(
+        f"spectral/{m}x{n}", "torch.linalg.svdvals (full SVD)", full_s, ours_s,
+        rank=rank, planted_rank=len(SPIKES_OVER_EDGE),
+        exact_path=spec.exact, max_rel_err=_max_rel_err(spec.singular_values[:rank], exact),
+        sigma_err=spec.noise_sigma - 1.0, sigma_err_full=spec.noise_sigma / sigma_full - 1,
+        lowrank_bulk_bias=_lowrank_bias(D, exact, config.k), norms_s=norms_s,
+        ours_over_norms=(norms_s + ours_s) / norms_s)
+
+
+def _config_row(shape: tuple[int, int], quick: bool) -> dict:
+    D, frob2 = _planted(shape, seed=1)
+    exact = torch.linalg.svdvals(D).numpy()
+    halko = SpectralConfig(method="subspace", n_iter=2, oversample=10)
+    ours = SpectralConfig()
+    times, errs = {}, {}
+    for name, cfg in (("halko", halko), ("ours", ours)):
+        times[name] = time_call(lambda cfg=cfg: analyze_delta(D, base_norm=1.0, config=cfg,
+                                                               frob2=frob2), repeat=3)
+        spec = analyze_delta(D, base_norm=1.0, config=cfg, frob2=frob2)
+        errs[name] = _max_rel_err(spec.singular_values[:4], exact)
+    m, n = shape
+    return make_row(f"spectral/config/{m}x{n}/krylov-q3-p5",
+                    "subspace (Halko) q2 p10", times["halko"], times["ours"],
+                    err_top4_halko=errs["halko"], err_top4_ours=errs["ours"])
+
+
+def _stream_norms(base: torch.Tensor, ft: torch.Tensor) -> float:
+    """The norms-only diff of one tensor pair: upcast, subtract, norms."""
+    base32 = base.float()
+    delta = ft.float() - base32
+    return float(torch.linalg.vector_norm(delta)) / float(torch.linalg.vector_norm(base32))
+
+
+def _max_rel_err(values: np.ndarray, exact: np.ndarray) -> float:
+    if len(values) == 0:
+        return 0.0
+    return float(np.max(np.abs(values / exact[: len(values)] - 1)))
+
+
+def _lowrank_bias(D: torch.Tensor, exact: np.ndarray, k: int) -> float:
+    planted = len(SPIKES_OVER_EDGE)
+    if min(D.shape) <= k + 10:
+        return 0.0
+    _, S, _ = torch.svd_lowrank(D, q=k + 10, niter=2)
+    bulk = slice(planted, k)
+    return float(np.mean(S.numpy()[bulk] / exact[bulk]) - 1)
