@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from mechdiff.checkpoint import LoraSource, open_source, pair_sources
-from mechdiff.checkpoint.sources import TensorSource
+from mechdiff.checkpoint.sources import TensorSource, read_config
 from mechdiff.diffing.audit import (
     AuditConfig,
     AuditResult,
@@ -153,22 +153,60 @@ def _run_model_lenses(base: str | os.PathLike, ft: str | os.PathLike, data: str 
                       config: AuditConfig, progress: bool) -> tuple:
     from mechdiff.diffing.activations import read_texts
     from mechdiff.diffing.behaviour import behaviour_diff
-    from mechdiff.weightdecomp.hf import load_causal_lm
+    from mechdiff.diffing.crosscoder_pipeline import load_hf_pair, run_crosscoder
 
     texts = read_texts(data)
-    base_model, base_tok = load_causal_lm(base)
-    ft_model, ft_tok = load_causal_lm(ft)
     behaviour = None
     if config.behaviour is not None:
+        base_model, ft_model, base_tok, ft_tok = load_hf_pair(base, ft, config.behaviour.device)
         behaviour = behaviour_diff(base_model, ft_model, (base_tok, ft_tok), texts, config.behaviour)
+        del base_model, ft_model
     crosscoder = None
     if config.crosscoder:
-        from mechdiff.diffing.crosscoder_pipeline import run_crosscoder_on_models
-
-        crosscoder = run_crosscoder_on_models(base_model, ft_model, (base_tok, ft_tok), texts,
-                                              layer=config.crosscoder_layer, options=config.crosscoder_options,
-                                              progress=progress)
+        model_config = read_config(Path(base)) or {}
+        layer = config.crosscoder_layer if config.crosscoder_layer is not None else _middle_layer(model_config)
+        cc_config = audit_crosscoder_config(_hidden_size(model_config), _approx_tokens(texts),
+                                            config.crosscoder_options)
+        crosscoder = run_crosscoder(base, ft, data, layer, cc_config, progress=progress)
     return behaviour, crosscoder
+
+
+def _middle_layer(model_config: dict) -> int:
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        if isinstance(model_config.get(key), int):
+            return model_config[key] // 2
+    return 0
+
+
+def _hidden_size(model_config: dict) -> int:
+    for key in ("hidden_size", "n_embd", "d_model"):
+        if isinstance(model_config.get(key), int):
+            return model_config[key]
+    return 512
+
+
+def _approx_tokens(texts: list[str]) -> int:
+    return int(1.3 * sum(len(t.split()) for t in texts))
+
+
+def audit_crosscoder_config(d_model: int, corpus_tokens: int, overrides: dict | None = None) -> object:
+    """A crosscoder sized to the model and the corpus: seconds for the demo, hours-not-days for 1B/1M tokens.
+
+    Dictionary 8 x d_model, but at most 16384 and at most one latent per 64 corpus tokens
+    (rounded down to a power of two; a latent needs examples to be learned), k = dict/16 within
+    [4, 64], two passes over the corpus but at least 600 steps; small dictionaries take a
+    larger learning rate.
+    """
+    from mechdiff.diffing.crosscoder_config import CrosscoderConfig
+
+    by_data = 1 << max(6, (max(corpus_tokens, 1) // 64).bit_length() - 1)
+    dict_size = min(16384, 8 * d_model, by_data)
+    batch = 256 if d_model < 256 else 4096
+    steps = max(600, 2 * corpus_tokens // batch)
+    values = {"dict_size": dict_size, "k": max(4, min(64, dict_size // 16)), "batch": batch, "tokens": steps * batch,
+              "lr": 3e-3 if dict_size <= 2048 else 1e-4, "warmup_steps": min(1000, steps // 10),
+              "dead_after_tokens": 50 * batch}
+    return CrosscoderConfig.from_dict({**CrosscoderConfig().to_dict(), **values, **(overrides or {})})
 
 
 def _write_audit(out_path: Path, diff: WeightDiff, result: AuditResult, crosscoder: object,

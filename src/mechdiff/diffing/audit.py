@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,7 @@ from mechdiff.diffing.weights_result import WeightDiff
 
 AUDIT_SCHEMA_VERSION = 1
 TOKENS_PER_FINDING = 5
+NU_EPS_MAX, NU_R_MAX = 0.2, 0.5
 
 
 @dataclass(frozen=True)
@@ -170,15 +172,28 @@ def crosscoder_findings(summary: dict[str, Any]) -> list[Finding]:
     """
     out = []
     for latent in summary.get("top_ft_only", []):
-        genuine = bool(latent.get("genuine", False))
-        contexts = latent.get("contexts", [])
-        tokens = _meaningful([c.get("token", "") for c in contexts])
-        text = f"fine-tune-only latent {latent['latent']} (relative norm {latent.get('delta', 0):.2f})"
+        genuine = _genuinely_ft_only(latent)
+        marked = [_marked_token(c.get("text", "")) for c in latent.get("contexts", [])]
+        tokens = _meaningful([t for t, _ in Counter(marked).most_common()])
+        text = f"fine-tune-only latent {latent['latent']} at {summary.get('site')} (relative norm {latent['delta']:.2f})"
         text += f" fires on {_quote(tokens)}" if tokens else ""
         text += "" if genuine else "; latent scaling says it may be a sparsity artifact"
-        out.append(Finding("crosscoder", 1.0 if genuine else 0.5, text, frozenset(tokens),
-                           latent=int(latent["latent"]), layer=summary.get("layer"), evidence=latent))
+        out.append(Finding("crosscoder", 1.0 if genuine else 0.5, text, frozenset(tokens), latent=int(latent["latent"]),
+                           evidence={**latent, "genuine": genuine, "contexts": latent.get("contexts", [])[:5]}))
     return out
+
+
+def _genuinely_ft_only(latent: dict[str, Any]) -> bool:
+    """DESIGN.md's latent-scaling test: nu_eps < 0.2 and nu_r < 0.5 (unknown counts as not passed)."""
+    nu_eps, nu_r = latent.get("nu_eps"), latent.get("nu_r")
+    return nu_eps is not None and nu_r is not None and nu_eps < NU_EPS_MAX and nu_r < NU_R_MAX
+
+
+def _marked_token(text: str) -> str:
+    from mechdiff.diffing.crosscoder_contexts import MARK_CLOSE, MARK_OPEN
+
+    start, end = text.find(MARK_OPEN), text.find(MARK_CLOSE)
+    return text[start + len(MARK_OPEN):end].strip() if 0 <= start < end else ""
 
 
 def merge_findings(lenses: dict[str, list[Finding]], thresholds: AuditThresholds, fail_above: float | None,
