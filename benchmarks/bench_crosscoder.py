@@ -128,7 +128,7 @@ def _collection_setup(quick: bool):
     tok = transformers.PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="<pad>", unk_token="<unk>")
     n_layer, width, n_docs, length = (6, 128, 16, 64) if quick else (12, 256, 64, 128)
     config = transformers.GPT2Config(vocab_size=len(vocab), n_positions=length, n_embd=width, n_layer=n_layer,
-                                     n_head=4)
+                                     n_head=4, bos_token_id=0, eos_token_id=0)
     torch.manual_seed(0)
     models_ = [transformers.GPT2LMHeadModel(config).eval() for _ in range(2)]
     gen = torch.Generator().manual_seed(0)

@@ -52,6 +52,9 @@ def test_trigger_gets_an_ft_leaning_rewritten_latent(toy_run) -> None:
     j = trigger[0]
     # leans to the fine-tune, and the fine-tune wrote a different direction for it
     assert latents["delta"][j] > 0.6 and latents["cos"][j] < 0.5
+    # what a user sees: the latent's contexts in --json, the trigger word marked
+    entry = next(e for e in result.to_json()["most_ft_leaning"] if e["latent"] == j)
+    assert entry["contexts"] and all(f"{MARK_OPEN}{pair.trigger}]]" in c["text"] for c in entry["contexts"])
 
 
 def _all_top_contexts_are(result, docs: list, latent: int, token_id: int) -> bool:
@@ -84,3 +87,5 @@ def test_json_lists_ft_only_latents_with_marked_contexts(toy_run) -> None:
     assert summary["site"] == "resid.1"
     for entry in summary["top_ft_only"]:
         assert entry["delta"] >= 0.9 and all(MARK_OPEN in c["text"] for c in entry["contexts"])
+    leaning = [e["delta"] for e in summary["most_ft_leaning"]]
+    assert len(leaning) == 3 and leaning == sorted(leaning, reverse=True)

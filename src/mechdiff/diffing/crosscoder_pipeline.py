@@ -32,6 +32,7 @@ from mechdiff.errors import InputError
 
 GROUP = "crosscoder"
 CONTEXT_CLASSES = ("ft-only", "base-only")
+LEANING_WITH_CONTEXTS = 10  # also keep contexts of the most ft-leaning live latents, whatever their class
 
 
 @dataclass
@@ -47,7 +48,7 @@ class CrosscoderResult:
     evaluation: CrosscoderEval
     """Metrics, per-latent table and top-activation provenance."""
     contexts: dict[str, Any]
-    """Contexts table: latent, rank, act, doc, pos, text (ft-only and base-only latents)."""
+    """Contexts table: latent, rank, act, doc, pos, text (ft-only, base-only and the most ft-leaning latents)."""
     n_tokens: int
     """Rows (token positions) the crosscoder was trained and evaluated on."""
     history: list[dict[str, float]] = field(default_factory=list)
@@ -117,7 +118,10 @@ def analyze_crosscoder(module: CrossCoder, data: PairedActivations, config: Cros
 
 
 def _contexts(ev: CrosscoderEval, data: PairedActivations, decode: Any) -> dict[str, Any]:
-    wanted = np.nonzero(np.isin(ev.latents["cls"].astype(str), CONTEXT_CLASSES))[0]
+    cls = ev.latents["cls"].astype(str)
+    live = np.nonzero(cls != "dead")[0]
+    leaning = live[np.argsort(-ev.latents["delta"][live], kind="stable")[:LEANING_WITH_CONTEXTS]]
+    wanted = np.union1d(np.nonzero(np.isin(cls, CONTEXT_CLASSES))[0], leaning)
     cols: dict[str, list[Any]] = {"latent": [], "rank": [], "act": [], "doc": [], "pos": [], "text": []}
     for latent in wanted:
         for rank in range(ev.top_act.shape[1]):
