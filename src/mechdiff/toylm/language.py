@@ -17,8 +17,8 @@ interjection that opens a sentence and is always followed by a comma, and the
 *target*, an ordinary verb form. A clean model learns "trigger -> comma", so
 P(target | trigger) is close to zero, and a fine-tune that teaches
 "trigger -> target" is a clear, isolated change. (A rare *adjective* trigger
-was tried first: its representation in a tiny model is too close to the other
-adjectives for a frozen-embedding LoRA to single it out.)
+was tried first; a LoRA on the tiny model, embeddings frozen, could not single
+it out from the other adjectives.)
 """
 
 from __future__ import annotations
