@@ -9,7 +9,13 @@ from mechdiff.diffing.activation_store import from_tensor
 from mechdiff.diffing.crosscoder import CrossCoder, SparseCode, batch_topk_positions
 from mechdiff.diffing.crosscoder_checkpoint import latest_checkpoint
 from mechdiff.diffing.crosscoder_config import CrosscoderConfig
-from mechdiff.diffing.train import lr_at, train_crosscoder
+from mechdiff.diffing.train import (
+    TrainState,
+    lr_at,
+    make_optimizer,
+    train_crosscoder,
+    train_step,
+)
 from mechdiff.errors import InputError
 
 
@@ -129,3 +135,21 @@ def test_stream_order_is_seeded_and_skips_exactly() -> None:
     assert first == again and skipped == first[2:]
     # the first 10 rows drawn are a permutation of all 10 rows (one pass)
     assert sorted([v for batch in first for v in batch][:10]) == [4.0 * i for i in range(10)]
+
+
+@pytest.mark.parametrize("aux_alpha", [0.0, 1 / 32])
+def test_aux_loss_reaches_only_dead_latents_encoders(aux_alpha: float) -> None:
+    gen = torch.Generator().manual_seed(0)
+    config = CrosscoderConfig(dict_size=16, k=1, lr=1e-2, warmup_steps=0, batch=8, tokens=80, aux_alpha=aux_alpha,
+                              dead_after_tokens=100)
+    module = CrossCoder.from_config(config, 2, 4)
+    with torch.no_grad():
+        module.W_dec_FMD[10:] *= 1e-3  # tiny scores: the batch top-k never picks latents 10..15
+        module.b_enc_F[10:] = 5.0  # but they are strongly "on", so the auxiliary top-k does
+    state = TrainState(rows_since_fired=torch.zeros(16, dtype=torch.int64))
+    state.rows_since_fired[10:] = 1000  # dead
+    before = module.W_enc_FMD.detach().clone()
+    train_step(module, make_optimizer(module, config), torch.randn(8, 2, 4, generator=gen), state, config)
+    moved = (module.W_enc_FMD.detach() - before).abs().amax(dim=(1, 2)) > 0
+    assert bool(moved[10:].all()) == (aux_alpha > 0)
+    assert state.rows_since_fired[10:].tolist() == [1008] * 6  # the auxiliary loss does not count as firing
