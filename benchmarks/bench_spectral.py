@@ -17,7 +17,8 @@ includes values that a plain sketch resolves badly. Per shape:
 The model row sums the per-shape times with the shape counts of a ~1B-parameter
 Llama-style model (d=2048, GQA k/v 512, MLP 8192, 16 layers, 32000x2048 embedding), or a
 d=512 analogue in --quick. A config row compares the default sketch (block Krylov, depth
-3, oversample 5) with Halko subspace iteration (depth 2, oversample 10).
+3, oversample 5) with Halko subspace iteration (depth 2, oversample 10); a signflip-cost
+row times the default against the same analysis without the sign-flip cut.
 """
 
 from __future__ import annotations
@@ -64,7 +65,9 @@ def run(quick: bool) -> list[dict]:
                          ours_over_norms=(totals["norms"] + totals["ours"]) / totals["norms"],
                          threads=torch.get_num_threads(),
                          load_avg=round(os.getloadavg()[0], 1)))
-    rows.append(_config_row(model[3][0] if quick else (2048, 8192), quick))
+    shape = model[3][0] if quick else (2048, 8192)
+    rows.append(_config_row(shape))
+    rows.append(_signflip_row(shape))
     return rows
 
 
@@ -92,7 +95,7 @@ def _shape_row(shape: tuple[int, int], config: SpectralConfig, quick: bool) -> d
     ft = (base.float() + D * 1e-3).bfloat16()
     norms_s = time_call(lambda: _stream_norms(base, ft), repeat=5)
     ours_s = time_call(lambda: analyze_delta(D, base_norm=1.0, config=config, frob2=frob2),
-                       repeat=3)
+                       repeat=3 if quick else 2)
     spec = analyze_delta(D, base_norm=1.0, config=config, frob2=frob2)
     rank = spec.rank
     tail = float(np.sum(exact[rank:].astype(np.float64) ** 2))
@@ -106,7 +109,19 @@ def _shape_row(shape: tuple[int, int], config: SpectralConfig, quick: bool) -> d
         ours_over_norms=(norms_s + ours_s) / norms_s)
 
 
-def _config_row(shape: tuple[int, int], quick: bool) -> dict:
+def _signflip_row(shape: tuple[int, int]) -> dict:
+    D, frob2 = _planted(shape, seed=2)
+    times = {}
+    for flip in (False, True):
+        cfg = SpectralConfig(signflip=flip)
+        times[flip] = time_call(lambda cfg=cfg: analyze_delta(D, base_norm=1.0, config=cfg,
+                                                               frob2=frob2), repeat=3)
+    m, n = shape
+    return make_row(f"spectral/signflip-cost/{m}x{n}", "analyze_delta without the sign flip",
+                    times[False], times[True])
+
+
+def _config_row(shape: tuple[int, int]) -> dict:
     D, frob2 = _planted(shape, seed=1)
     exact = torch.linalg.svdvals(D).numpy()
     halko = SpectralConfig(method="subspace", n_iter=2, oversample=10)

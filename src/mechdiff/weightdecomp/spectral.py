@@ -16,6 +16,8 @@ edge plus a Tracy-Widom margin, and undo the inflation above to get each theta_i
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +27,7 @@ import torch
 _EXACT_MAX_ENTRIES = 1 << 16
 _SIGMA_STEPS = 6
 _FLIP_ROUNDS = 4
+_ONE_THREAD_MAX_ENTRIES = 1 << 18  # head slices and small layers: threads cost more
 _METHODS = ("krylov", "subspace")
 _FROB_BLOCK = 1 << 20  # elements per block when streaming over D
 
@@ -214,11 +217,28 @@ def _orthonormal_rows(Y_t: torch.Tensor) -> torch.Tensor:
     # A rank-deficient block (exhausted Krylov space) falls back to Householder.
     Y64 = Y_t.double()
     for _ in range(2):
-        L, info = torch.linalg.cholesky_ex(Y64 @ Y64.T)
-        if int(info) != 0:
-            return torch.linalg.qr(Y_t.T).Q.T.contiguous()
-        Y64 = torch.linalg.solve_triangular(L, Y64, upper=False)
+        gram = Y64 @ Y64.T
+        with _one_thread():
+            L, info = torch.linalg.cholesky_ex(gram)
+            if int(info) != 0:
+                return torch.linalg.qr(Y_t.T).Q.T.contiguous()
+            Y64 = torch.linalg.solve_triangular(L, Y64, upper=False)
     return Y64.to(Y_t.dtype)
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    # OpenMP/MKL spin a thread team even for tiny operations; on a loaded 2-core machine
+    # a 128x128 eigh took 230 ms with 2 threads and 4 ms with 1. Used for small LAPACK
+    # calls and for whole small matrices; big products with D keep every thread.
+    threads = torch.get_num_threads()
+    if threads > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if threads > 1:
+            torch.set_num_threads(threads)
 
 
 def _svd_via_gram(A: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -229,7 +249,9 @@ def _svd_via_gram(A: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, 
         V, S, U = _svd_via_gram(A.T, k)
         return U, S, V
     A64 = A.double()
-    eigvals, W = torch.linalg.eigh(A64.T @ A64)  # ascending
+    gram = A64.T @ A64
+    with _one_thread():
+        eigvals, W = torch.linalg.eigh(gram)  # ascending
     order = torch.argsort(eigvals, descending=True)[:k]
     S = eigvals[order].clamp_min(0).sqrt()
     V = W[:, order]  # [q, k]
@@ -260,12 +282,13 @@ def analyze_delta(D: torch.Tensor, *, base_norm: float, config: SpectralConfig,
         frob2 = frobenius2(D)
     _require(math.isfinite(frob2), "delta has NaN/Inf entries (report them; no spectrum)")
     k = config.k
-    while True:
-        U, S, V = _top_triplets(D, k, config)
-        fit = _detect(D, U, S, V, frob2, config)
-        if not _should_grow(fit.rank, k, D.shape, config):
-            break
-        k = min(2 * k, config.k_max, *D.shape)
+    with _one_thread() if D.numel() <= _ONE_THREAD_MAX_ENTRIES else nullcontext():
+        while True:
+            U, S, V = _top_triplets(D, k, config)
+            fit = _detect(D, U, S, V, frob2, config)
+            if not _should_grow(fit.rank, k, D.shape, config):
+                break
+            k = min(2 * k, config.k_max, *D.shape)
     exact = _use_exact(D.shape, min(k, *D.shape), config.oversample, config.n_iter,
                        config.method)
     return _spectrum(U, S, V, fit, frob2, base_norm, exact=exact,
