@@ -276,3 +276,57 @@ def decompose_model(
                            inputs={"model": str(model or f"toy:{toy}")}) as writer:
             decomposition.write(writer)
     return document
+
+
+def train_crosscoder_pair(
+    base: str | os.PathLike,
+    ft: str | os.PathLike,
+    data: str | os.PathLike,
+    layer: int,
+    *,
+    site: str = "resid",
+    out: str | os.PathLike | None = None,
+    options: dict | None = None,
+    device: str = "cpu",
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int = 0,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Crosscoder on paired activations of two local HF models, written to a results file.
+
+    Args:
+        base: base model folder; ft: fine-tuned model folder.
+        data: corpus (.txt or .jsonl).
+        layer: block index whose output is read.
+        site: "resid", "mlp" or "attn".
+        out: results file (HDF5) to write atomically.
+        options: CrosscoderConfig fields (None values fall back to sizes fitted to model and corpus).
+        device: where the models run.
+        checkpoint_dir, checkpoint_every, resume: checkpointing of long trainings.
+        progress: progress bars on stderr.
+
+    Returns:
+        The crosscoder's JSON summary (counts per class, top ft-only latents with contexts).
+    """
+    from mechdiff.diffing.activations import read_texts
+    from mechdiff.diffing.crosscoder_pipeline import run_crosscoder
+    from mechdiff.errors import UsageError
+
+    out_path = check_output_path(out, [base, ft, data]) if out is not None else None
+    model_config = read_config(Path(base)) or {}
+    overrides = {k: v for k, v in (options or {}).items() if v is not None}
+    try:
+        config = audit_crosscoder_config(_hidden_size(model_config), _approx_tokens(read_texts(data)), overrides)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    result = run_crosscoder(base, ft, data, layer, config, site_kind=site, device=device,
+                            checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume,
+                            progress=progress)
+    if out_path is not None:
+        base_source, ft_source = open_source(base), open_source(ft)
+        with ResultsWriter(out_path, command=shlex.join(["mechdiff", *sys.argv[1:]]),
+                           inputs={"base": str(base), "ft": str(ft), "data": str(data)},
+                           fingerprints={"base": base_source.fingerprint(), "ft": ft_source.fingerprint()}) as writer:
+            result.write(writer)
+    return result.to_json()

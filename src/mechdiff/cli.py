@@ -167,6 +167,44 @@ def _print_audit(document: dict, top: int | None, as_json: bool) -> None:
 
 
 @main.command()
+@click.argument("base", type=click.Path())
+@click.argument("ft", type=click.Path())
+@click.option("--data", type=click.Path(), required=True, help="Corpus (.txt one document per line, or .jsonl).")
+@click.option("--layer", type=click.IntRange(0), required=True, help="Block whose output (residual) is read.")
+@click.option("--site", type=click.Choice(["resid", "mlp", "attn"]), default="resid", show_default=True)
+@click.option("-o", "--out", type=click.Path(), help="Results file (HDF5) to write.")
+@click.option("--dict-size", type=click.IntRange(1), default=None, help="Latents (default: sized to model and data).")
+@click.option("--k", type=click.IntRange(1), default=None, help="Active latents per token (BatchTopK).")
+@click.option("--sparsity", type=click.Choice(["batchtopk", "l1"]), default="batchtopk", show_default=True)
+@click.option("--tokens", type=click.IntRange(1), default=None, help="Training rows (token positions).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--checkpoint-dir", type=click.Path(), help="Save training checkpoints here.")
+@click.option("--checkpoint-every", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in --checkpoint-dir.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@handle_errors
+def crosscoder(base: str, ft: str, data: str, layer: int, site: str, out: str | None, dict_size: int | None,
+               k: int | None, sparsity: str, tokens: int | None, device: str, checkpoint_dir: str | None,
+               checkpoint_every: int, resume: bool, as_json: bool, no_progress: bool) -> None:
+    """Train a crosscoder on paired activations of BASE and FT; classify latents as new / gone / shared."""
+    from mechdiff.api import train_crosscoder_pair
+
+    if resume and not checkpoint_dir:
+        raise click.UsageError("--resume needs --checkpoint-dir")
+    options = {"dict_size": dict_size, "k": k, "sparsity": sparsity, "tokens": tokens}
+    summary = train_crosscoder_pair(base, ft, data, layer, site=site, out=out, options=options, device=device,
+                                    checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
+                                    resume=resume, progress=not no_progress)
+    if as_json:
+        emit_json(summary)
+    else:
+        from mechdiff.diffing.crosscoder_summary import format_summary
+
+        click.echo(format_summary(summary))
+
+
+@main.command()
 @click.argument("model", type=click.Path(), required=False)
 @click.option("--toy", type=click.Choice(["tms-5-2", "tms-40-10", "tms-5-2-id", "resid-mlp"]),
               help="Train a toy model with known mechanisms and decompose it (no MODEL).")

@@ -20,6 +20,7 @@ from mechdiff.diffing.weights_result import WeightDiff
 AUDIT_SCHEMA_VERSION = 1
 TOKENS_PER_FINDING = 5
 NU_EPS_MAX, NU_R_MAX = 0.2, 0.5
+REWRITTEN_DELTA_MIN, REWRITTEN_COS_MAX = 0.6, 0.5
 
 
 @dataclass(frozen=True)
@@ -171,16 +172,29 @@ def crosscoder_findings(summary: dict[str, Any]) -> list[Finding]:
         summary: ``CrosscoderResult.to_json()``.
     """
     out = []
+    seen = set()
     for latent in summary.get("top_ft_only", []):
         genuine = _genuinely_ft_only(latent)
-        marked = [_marked_token(c.get("text", "")) for c in latent.get("contexts", [])]
-        tokens = _meaningful([t for t, _ in Counter(marked).most_common()])
         text = f"fine-tune-only latent {latent['latent']} at {summary.get('site')} (relative norm {latent['delta']:.2f})"
-        text += f" fires on {_quote(tokens)}" if tokens else ""
-        text += "" if genuine else "; latent scaling says it may be a sparsity artifact"
-        out.append(Finding("crosscoder", 1.0 if genuine else 0.5, text, frozenset(tokens), latent=int(latent["latent"]),
-                           evidence={**latent, "genuine": genuine, "contexts": latent.get("contexts", [])[:5]}))
+        note = "" if genuine else "; latent scaling says it may be a sparsity artifact"
+        out.append(_latent_finding(latent, 1.0 if genuine else 0.5, text, note, genuine))
+        seen.add(latent["latent"])
+    for latent in summary.get("most_ft_leaning", []):
+        delta, cos = latent.get("delta") or 0.0, latent.get("cos")
+        if latent["latent"] in seen or delta < REWRITTEN_DELTA_MIN or cos is None or cos >= REWRITTEN_COS_MAX:
+            continue
+        text = (f"latent {latent['latent']} at {summary.get('site')} was rewritten by the fine-tune "
+                f"(relative norm {delta:.2f}, decoder cosine {cos:.2f})")
+        out.append(_latent_finding(latent, 0.5, text, "", False))
     return out
+
+
+def _latent_finding(latent: dict[str, Any], score: float, text: str, note: str, genuine: bool) -> Finding:
+    marked = [_marked_token(c.get("text", "")) for c in latent.get("contexts", [])]
+    tokens = _meaningful([t for t, _ in Counter(marked).most_common()])
+    text += (f"; fires on {_quote(tokens)}" if tokens else "") + note
+    return Finding("crosscoder", score, text, frozenset(tokens), latent=int(latent["latent"]),
+                   evidence={**latent, "genuine": genuine, "contexts": latent.get("contexts", [])[:5]})
 
 
 def _genuinely_ft_only(latent: dict[str, Any]) -> bool:

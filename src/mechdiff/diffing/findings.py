@@ -7,7 +7,8 @@ Calibration (a score of 1.0 is "worth a look"; the default gate is 1.0):
   median over all matrices (heads) of the model, i.e. an outlier against this fine-tune's
   own typical change, so aggressive but uniform fine-tuning is not flagged by itself;
 - crosscoder: a fine-tune-only latent that survives latent scaling scores 1.0 (0.5 when
-  its ft-only status may be a sparsity artifact);
+  its ft-only status may be a sparsity artifact); a latent the fine-tune rewrote (relative
+  decoder norm >= 0.6 with decoder cosine < 0.5) scores 0.5;
 - components: the weight change a base component explains, relative to the base weight,
   divided by the same 4x median rule.
 Findings that name the same tokens from different lenses are linked: the strongest stays,
