@@ -8,11 +8,13 @@ Rows:
 * spd_toy_tms_5_2 / spd_toy_tms_40_10 (full run only): wall time of
   ``run_toy`` to the issue's targets. Its baseline is the time budget from
   issue 6 (2 and 10 minutes), which is a budget, not a measurement.
-* spd_diff_tms_ground_truth (full run only): a TMS 5-2 base that never uses
-  feature 4 and a fine-tune that rotates feature 0 by 30 degrees and turns
-  feature 4 on, both decomposed by SPD and matched. ``correct`` (per matrix)
-  says whether exactly feature 0's component came out changed, feature 4's
-  new and the other three matched with |cos| >= 0.99. Timing: expressing FT in BASE's
+* spd_diff_tms_ground_truth (full run only): a hand-built TMS 4-3 base that
+  never uses feature 3 and a fine-tune that rotates feature 0 by 30 degrees
+  and turns feature 3 on, both decomposed by SPD and matched. ``correct`` (per
+  matrix) says whether exactly feature 0's component came out changed,
+  feature 3's new and the other two matched with |cos| >= 0.99. (In TMS 5-2 a
+  rotated feature lands near the antipode of another, and an antipodal pair is
+  one rank-1 mechanism, so 5-2 cannot host this test cleanly.) Timing: expressing FT in BASE's
   components (delta_in_components) vs decomposing FT too and matching.
 """
 
@@ -28,7 +30,7 @@ from torch import Tensor, nn
 from mechdiff.weightdecomp.match import delta_in_components, match_components
 from mechdiff.weightdecomp.spd import SPDTrainer
 from mechdiff.weightdecomp.toy import TOY_CONFIGS, decompose_tms_like, run_toy
-from mechdiff.weightdecomp.toy_models import feature_batches, train_tms
+from mechdiff.weightdecomp.toy_models import TMSModel, feature_batches, train_tms
 
 
 class NaiveCI(nn.Module):
@@ -99,32 +101,34 @@ def _toy_row(name: str, budget_s: float) -> dict:
                 spd_seconds=report.seconds, spd_cpu_seconds=report.cpu_seconds, targets_met=report.targets_met)
 
 
-def _edited_tms(base: nn.Module, rotate_deg: float, feature_on: bool) -> nn.Module:
-    """A copy of a TMS 5-2 with feature 0 rotated and feature 4 on or off (tied weights kept tied)."""
-    import copy
+def _tms_4_3(rotate_deg: float, feature_3_on: bool) -> nn.Module:
+    """A hand-built TMS 4-3: features 0-2 on the hidden axes, feature 3 along -(1,1,1)/sqrt3.
 
-    model = copy.deepcopy(base)
-    W = model.linear1.weight.detach().clone()
+    Every pair of features has cos <= 0, so ReLU(W^T W x) reproduces x exactly
+    with no bias: the ground truth is one rank-1 component per used feature.
+    Rotating feature 0 away from feature 1 (towards -e1) keeps that property.
+    """
     angle = math.radians(rotate_deg)
-    rotation = torch.tensor([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
-    W[:, 0] = rotation @ W[:, 0]
-    if not feature_on:
-        W[:, 4] = 0.0
+    W = torch.zeros(3, 4)
+    W[:, 0] = torch.tensor([math.cos(angle), -math.sin(angle), 0.0])
+    W[1, 1] = W[2, 2] = 1.0
+    if feature_3_on:
+        W[:, 3] = -torch.ones(3) / math.sqrt(3.0)
+    model = TMSModel(4, 3)
     with torch.no_grad():
         model.linear1.weight.copy_(W)
         model.linear2.weight.copy_(W.T)
-    return model
+        model.linear2.bias.zero_()
+    return model.requires_grad_(False)
 
 
 def _diff_row() -> dict:
     config = TOY_CONFIGS["tms-5-2"]
-    trained = train_tms(5, 2, seed=0)
-    base = _edited_tms(trained, 0.0, feature_on=False)
-    ft = _edited_tms(trained, 30.0, feature_on=True)
+    base, ft = _tms_4_3(0.0, feature_3_on=False), _tms_4_3(30.0, feature_3_on=True)
     globs = ["linear1", "linear2"]
-    base_dec = decompose_tms_like(base, globs, 5, config)
+    base_dec = decompose_tms_like(base, globs, 4, config)
     start = time.perf_counter()
-    ft_dec = decompose_tms_like(ft, globs, 5, config)
+    ft_dec = decompose_tms_like(ft, globs, 4, config)
     matching = match_components(base_dec, ft_dec)
     both_s = time.perf_counter() - start
     start = time.perf_counter()
@@ -133,22 +137,23 @@ def _diff_row() -> dict:
     delta_s = time.perf_counter() - start
     return _row("spd_diff_tms_ground_truth", "decompose FT too and match components", both_s, delta_s,
                 correct={m: _diff_is_correct(base_dec, matching, m) for m in globs}, counts=matching.counts(),
+                n_alive={"base": base_dec.n_alive(), "ft": ft_dec.n_alive()},
                 rows=[r.__dict__ for r in matching.rows],
                 delta_unexplained={g: d.unexplained_fraction for g, d in deltas.items()},
                 delta_coef_change={g: np.round(d.coef_change_K, 3).tolist() for g, d in deltas.items()})
 
 
 def _diff_is_correct(base_dec: object, matching: object, module: str) -> bool:
-    """Feature 0 changed, feature 4 new, the other three matched with |cos| >= 0.99."""
+    """Feature 0 changed, feature 3 new, features 1 and 2 matched with |cos| >= 0.99, nothing gone."""
     mod = base_dec.modules[module]
     # Which base component carries feature j: the largest |v_c[j]| (linear1) or |u_c[j]| (linear2).
     weights = np.abs(mod.V_IC) if module == "linear1" else np.abs(mod.U_CO.T)
-    owner = {j: int(np.argmax(weights[j] * mod.alive(1e-4))) for j in range(4)}
+    owner = {j: int(np.argmax(weights[j] * mod.alive(1e-4))) for j in range(3)}
     rows = [r for r in matching.rows if r.module == module]
     changed = [r.index_a for r in rows if r.category == "changed"]
     matched = [r for r in rows if r.category == "matched"]
     return (changed == [owner[0]] and len([r for r in rows if r.category == "new"]) == 1
-            and sorted(r.index_a for r in matched) == sorted(owner[j] for j in (1, 2, 3))
+            and sorted(r.index_a for r in matched) == sorted(owner[j] for j in (1, 2))
             and all(r.abs_cos >= 0.99 for r in matched) and not any(r.category == "gone" for r in rows))
 
 
