@@ -77,8 +77,8 @@ def link_and_rank(findings: list[Finding]) -> list[Finding]:
 
 
 def _shares(anchor: Finding, other: Finding) -> bool:
-    lenses = {anchor.method} | {link["method"] for link in anchor.linked}
-    return other.method not in lenses and bool(anchor.tokens & other.tokens)
+    # findings of one lens stay apart (two behaviour changes are two findings); other lenses attach
+    return other.method != anchor.method and bool(anchor.tokens & other.tokens)
 
 
 def findings_table(findings: list[Finding]) -> dict[str, list]:
