@@ -184,7 +184,7 @@ def collect_activations(
         InputError: tokenizers disagree, the site does not exist, or no tokens remain.
     """
     config = config or ActivationConfig()
-    docs = tokenize_pair(tokenizers, texts, min(config.ctx_len, _max_positions(base_model), _max_positions(ft_model)))
+    docs = tokenize_pair(tokenizers, texts, min(config.ctx_len, max_positions(base_model), max_positions(ft_model)))
     tok = tokenizers[0] if isinstance(tokenizers, (tuple, list)) else tokenizers
     kept = kept_positions(docs, _special_id(tok, "bos"), config.skip_bos, config.max_tokens)
     n_rows = sum(len(k) for k in kept)
@@ -208,7 +208,7 @@ def collect_activations(
     return acts
 
 
-def _max_positions(model: nn.Module) -> int:
+def max_positions(model: nn.Module) -> int:
     """Longest sequence a transformers model accepts (unbounded for other modules)."""
     config = getattr(model, "config", None)
     for name in ("n_positions", "max_position_embeddings"):
@@ -263,7 +263,7 @@ def _fill(store: Any, models: list[nn.Module], captures: list[SiteCapture], docs
               disable=not progress, file=sys.stderr) as bar:
         for start in range(0, len(order), config.batch_docs):
             batch = order[start:start + config.batch_docs]
-            ids, mask = _pad([docs[d] for d in batch], pad_id, config.device)
+            ids, mask = pad_batch([docs[d] for d in batch], pad_id, config.device)
             rows_b, pos_b = _batch_rows(batch, kept)
             pair = []
             for model, capture in zip(models, captures):
@@ -276,7 +276,8 @@ def _fill(store: Any, models: list[nn.Module], captures: list[SiteCapture], docs
             bar.update(block.shape[0])
 
 
-def _pad(seqs: list[np.ndarray], pad_id: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_batch(seqs: list[np.ndarray], pad_id: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token id arrays into [B, T] ids and an attention mask."""
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.int64)
     mask = torch.zeros((len(seqs), width), dtype=torch.int64)

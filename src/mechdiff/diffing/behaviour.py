@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mechdiff.diffing.activations import tokenize_pair
+from mechdiff.diffing.activations import max_positions, pad_batch, tokenize_pair
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ def behaviour_diff(base: nn.Module, ft: nn.Module, tokenizers: Any, texts: list[
     acc = _Accumulator(config)
     for start in range(0, len(docs), config.batch_docs):
         batch = docs[start:start + config.batch_docs]
-        ids, mask = _pad_batch(batch, pad, config.device)
+        ids, mask = pad_batch(batch, pad, config.device)
         logp_base = F.log_softmax(base(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
         logp_ft = F.log_softmax(ft(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
         acc.add(start, ids, mask, logp_base, logp_ft)
@@ -178,32 +178,12 @@ class _Accumulator:
         return rows(torch.topk(dprob, k).indices.tolist()), rows(torch.topk(-dprob, k).indices.tolist())
 
 
-def max_positions(model: nn.Module) -> int:
-    """Longest input the model accepts (from its config; unbounded when it does not say)."""
-    config = getattr(model, "config", None)
-    for name in ("max_position_embeddings", "n_positions", "n_ctx"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return 1 << 30
-
-
 def _pad_id(tokenizer: Any) -> int:
     for attr in ("pad_token_id", "eos_token_id"):
         value = getattr(tokenizer, attr, None)
         if isinstance(value, int):
             return value
     return 0
-
-
-def _pad_batch(batch: list[np.ndarray], pad: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    length = max(len(d) for d in batch)
-    ids = torch.full((len(batch), length), pad, dtype=torch.long)
-    mask = torch.zeros((len(batch), length), dtype=torch.long)
-    for row, doc in enumerate(batch):
-        ids[row, : len(doc)] = torch.from_numpy(doc)
-        mask[row, : len(doc)] = 1
-    return ids.to(device), mask.to(device)
 
 
 def _token_text(tokenizer: Any, token_id: int) -> str:
