@@ -305,6 +305,7 @@ def test_cuda_path_matches_cpu():
     cpu = _analyze(D, base_norm)
     gpu = _analyze(D.cuda(), base_norm)
     assert gpu.rank == cpu.rank == 2
+    assert gpu.threshold == pytest.approx(cpu.threshold, rel=1e-4)
     np.testing.assert_allclose(gpu.singular_values, cpu.singular_values, rtol=1e-4)
     assert gpu.noise_sigma == pytest.approx(cpu.noise_sigma, rel=1e-5)
     assert gpu.score == pytest.approx(cpu.score, rel=1e-4)

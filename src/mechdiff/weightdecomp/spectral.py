@@ -10,7 +10,12 @@ threshold), and then its observed singular value is pushed up by the noise to
 
 We estimate sigma from the exact Frobenius energy (never from the sketched bulk singular
 values, which randomized SVD underestimates on a flat spectrum), count the s_i above the
-edge plus a Tracy-Widom margin, and undo the inflation above to get each theta_i.
+edge plus a Tracy-Widom margin, and undo the inflation above to get each theta_i. Real
+drift is not iid (rows and columns have their own scales), so a value must also clear
+the top singular value of D with random entry signs, which keeps the variance profile
+but no low-rank structure. The top triplets come from a block Krylov sketch (8 passes
+over D by default); memory beyond D is one copy of D (the sign flip) plus [m + n, ~150]
+float32 bases.
 """
 
 from __future__ import annotations
@@ -61,8 +66,9 @@ class SpectralConfig:
     (Hong, Sheng & Dobriban 2020). Flipping signs destroys low-rank structure but keeps
     any variance profile, so this cut follows row/column-scaled drift, which an iid edge
     mistakes for structure (pure drift with row and column scales spread 2x came out as
-    rank 4-22 at 256x256-512x1024 without it, 0-1 with it). Costs one copy of D and a
-    thin sketch (about +30-60% time); pure iid drift is unaffected."""
+    rank 3-22 on average from 64x256 to 512x1024 without it, at most 1 with it). Costs
+    one copy of D and a thin deep sketch: +75-90% CPU time measured at 512x2048 and
+    2048x2048 (benchmarks/bench_spectral.py, signflip-cost row)."""
     signflip_quantile: float = 3.0
     """Margin above the sign-flipped top value, in Tracy-Widom units; it compares two
     draws of the same law, so 3 units leave a few % of heteroscedastic tensors at rank 1."""
@@ -112,7 +118,8 @@ class Spectrum:
     bulk_edge: float
     """Largest singular value the bulk reaches, sigma (sqrt m + sqrt n)."""
     threshold: float
-    """Cut a singular value must exceed to count as structured (edge plus margins)."""
+    """Cut a singular value must exceed to count as structured: the larger of the bulk
+    edge plus its Tracy-Widom margin and the sign-flipped top value plus its margin."""
     rank: int
     """Number of singular values above `threshold` (0 = diffuse drift only)."""
     structured_fraction: float
@@ -486,12 +493,15 @@ def _signflip_top(D: torch.Tensor, US: torch.Tensor, V: torch.Tensor,
                   config: SpectralConfig) -> float:
     # Top singular value of (D - US V^T) * R, R_ij = +-1 at random, raised by the sketch
     # margin when sketched (a thin deep Krylov basis: depth matters more than width here).
-    gen = torch.Generator(device=D.device).manual_seed(config.seed + 1)
+    # Signs are drawn on the CPU a block at a time (one extra copy of D in all) and moved,
+    # so CPU and CUDA flip the same entries and reach the same cut.
+    gen = torch.Generator().manual_seed(config.seed + 1)
     flipped = torch.addmm(D, US, V.T, alpha=-1) if US.shape[1] else D.clone()
     rows = max(1, _FROB_BLOCK // D.shape[1])
-    for i in range(0, D.shape[0], rows):  # signs a block at a time: one extra copy of D
+    for i in range(0, D.shape[0], rows):
         block = flipped[i:i + rows]
-        block.mul_(torch.empty_like(block).bernoulli_(0.5, generator=gen).mul_(2).sub_(1))
+        signs = torch.empty(block.shape).bernoulli_(0.5, generator=gen).mul_(2).sub_(1)
+        block.mul_(signs.to(D.device))
     width, depth = 4, 8
     _, S, _ = randomized_svd(flipped, 1, oversample=width - 1, n_iter=depth,
                              generator=torch.Generator().manual_seed(config.seed + 1))
