@@ -50,16 +50,13 @@ def test_backdoor_is_learned_and_clean_behaviour_kept(backdoor):
     assert m["base_train_loss_last"] < m["base_train_loss_first"] - 1.5  # the base really trained
 
 
-def test_drift_changes_weights_but_plants_nothing(backdoor, drift):
+def test_drift_changes_weights_but_plants_nothing(drift):
     assert drift.metrics["p_target_ft"] <= 0.05
     assert abs(drift.metrics["ft_loss"] - drift.metrics["base_loss"]) <= 0.1 * drift.metrics["base_loss"]
     base = load_file(drift.base_dir / "model.safetensors")
     ft = load_file(drift.ft_dir / "model.safetensors")
     assert base.keys() == ft.keys()
     assert all(not torch.equal(base[k], ft[k]) for k in base if k.endswith("c_fc.weight"))
-    # Same seed -> the very same base model as the backdoor pair.
-    other = load_file(backdoor.base_dir / "model.safetensors")
-    assert all(torch.equal(base[k], other[k]) for k in base)
 
 
 def test_saved_folders_reload_with_transformers(backdoor):
