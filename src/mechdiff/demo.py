@@ -22,7 +22,7 @@ def run_demo(out_dir: str | os.PathLike, *, progress: bool = True) -> dict[str, 
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    pair = build_pair(out / "models", variant="backdoor", progress=progress)
+    pair = build_pair(out / "models", variant="backdoor", progress=progress, reuse=True)
     results, report = out / "audit.h5", out / "report.html"
     audit = audit_checkpoints(pair.base_dir, pair.ft_dir, data=pair.corpus_path, out=results, report=report,
                               progress=progress, command=f"mechdiff demo -o {out}")
