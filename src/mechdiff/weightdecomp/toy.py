@@ -37,7 +37,7 @@ TOY_CONFIGS: dict[str, SPDConfig] = {
     "tms-5-2-id": SPDConfig(n_components=20, importance_minimality_coeff=3e-3, pnorm=1.0,
                             steps=8000, batch_size=256, lr=5e-3, eval_batches=32),
     "tms-40-10": SPDConfig(n_components=200, importance_minimality_coeff=1e-4, pnorm=2.0,
-                           steps=10000, batch_size=256, lr=5e-3, eval_batches=32),
+                           steps=20000, batch_size=128, lr=5e-3, eval_batches=32),
     "resid-mlp": SPDConfig(n_components=100, importance_minimality_coeff=1e-5, pnorm=2.0,
                            steps=4000, batch_size=256, lr=5e-3, eval_batches=32),
 }
