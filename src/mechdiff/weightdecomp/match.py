@@ -67,7 +67,7 @@ class ComponentDelta:
     """[d_out, d_in] W_ft minus its best fit by the basis: what no base component explains."""
 
     delta_norm: float
-    """||W_ft - W_base||_F, with W_base the decomposition's own reconstruction."""
+    """||W_ft - W_base||_F, with W_base the sum of the basis components (coefficients all 1)."""
 
     base_norm: float
     """||W_base||_F."""
@@ -83,7 +83,7 @@ class ComponentDelta:
 
     @property
     def unexplained_fraction(self) -> float:
-        """||R||^2 / ||W_ft - W_base||^2: the part of the change that is a new mechanism (0 if no change)."""
+        """||R||^2 / ||W_ft - W_base||^2 (<= 1): the part of the change no base component explains."""
         return 0.0 if self.delta_norm == 0 else min(1.0, self.residual_norm**2 / self.delta_norm**2)
 
     def changed(self, tolerance: float = 0.05) -> np.ndarray:
@@ -115,9 +115,12 @@ def delta_in_components(base: ModuleComponents, W_ft_OI: np.ndarray, *, min_freq
     rhs_K = np.einsum("ko,oi,ik->k", U_KO, W_ft_OI, V_IK)
     coef_K = np.linalg.lstsq(gram_KK, rhs_K, rcond=1e-10)[0] if len(indices) else np.zeros(0)
     residual_OI = W_ft_OI - ((V_IK * coef_K) @ U_KO).T
+    # Measure the change against the basis itself: dead components may carry
+    # weight on inputs BASE never saw, which is not part of BASE's mechanisms.
+    W_basis_OI = (V_IK @ U_KO).T
     return ComponentDelta(
         module=base.name, indices=indices, coef_K=coef_K, residual_OI=residual_OI,
-        delta_norm=float(np.linalg.norm(W_ft_OI - W_base_OI)), base_norm=float(np.linalg.norm(W_base_OI)),
+        delta_norm=float(np.linalg.norm(W_ft_OI - W_basis_OI)), base_norm=float(np.linalg.norm(W_base_OI)),
     )
 
 
