@@ -16,19 +16,25 @@ includes values that a plain sketch resolves badly. Per shape:
 
 The model row sums the per-shape times with the shape counts of a ~1B-parameter
 Llama-style model (d=2048, GQA k/v 512, MLP 8192, 16 layers, 32000x2048 embedding), or a
-d=512 analogue in --quick. A config row compares the default sketch (block Krylov, depth
-3, oversample 5) with Halko subspace iteration (depth 2, oversample 10); a signflip-cost
-row times the default against the same analysis without the sign-flip cut.
+d=512 analogue in --quick. A config row compares the default sketch (block Krylov,
+depth 3, oversample 5) with Halko subspace iteration (depth 2, oversample 10); a
+signflip-cost row times the default against the same analysis without the sign flip.
+
+Everything runs on one thread: on this shared 2-core machine MKL's two-thread LAPACK
+stalls unpredictably under load (one 512x2048 svdvals took 0.04 s to 12 s), which made
+two-thread ratios meaningless; one thread is the same for both sides of every ratio.
+Times are the best of interleaved rounds (see _interleaved_min).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import time
 
 import numpy as np
 import torch
-from harness import make_row, time_call
+from harness import make_row
 
 from mechdiff.weightdecomp.spectral import (
     SpectralConfig,
@@ -48,6 +54,15 @@ MODEL_QUICK = [((512, 512), 16), ((128, 512), 16), ((2048, 512), 16), ((512, 204
 
 def run(quick: bool) -> list[dict]:
     """Benchmark rows for the harness (see the module docstring)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run(quick)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(quick: bool) -> list[dict]:
     torch.manual_seed(0)
     model = MODEL_QUICK if quick else MODEL_1B
     config = SpectralConfig()
@@ -89,13 +104,14 @@ def _shape_row(shape: tuple[int, int], config: SpectralConfig, quick: bool) -> d
     D, frob2 = _planted(shape, seed=shape[0] * 7 + shape[1])
     m, n = shape
     exact = torch.linalg.svdvals(D).numpy()
-    full_s = time_call(lambda: torch.linalg.svdvals(D), repeat=1 if not quick else 3,
-                       warmup=0 if not quick else 1)
     base = torch.randn(m, n).bfloat16()
     ft = (base.float() + D * 1e-3).bfloat16()
-    norms_s = time_call(lambda: _stream_norms(base, ft), repeat=5)
-    ours_s = time_call(lambda: analyze_delta(D, base_norm=1.0, config=config, frob2=frob2),
-                       repeat=3 if quick else 2)
+    times = _interleaved_min({
+        "full": lambda: torch.linalg.svdvals(D),
+        "norms": lambda: _stream_norms(base, ft),
+        "ours": lambda: analyze_delta(D, base_norm=1.0, config=config, frob2=frob2),
+    }, rounds=3 if quick else 2, cold=("full",))
+    full_s, norms_s, ours_s = times["full"], times["norms"], times["ours"]
     spec = analyze_delta(D, base_norm=1.0, config=config, frob2=frob2)
     rank = spec.rank
     tail = float(np.sum(exact[rank:].astype(np.float64) ** 2))
@@ -111,11 +127,10 @@ def _shape_row(shape: tuple[int, int], config: SpectralConfig, quick: bool) -> d
 
 def _signflip_row(shape: tuple[int, int]) -> dict:
     D, frob2 = _planted(shape, seed=2)
-    times = {}
-    for flip in (False, True):
-        cfg = SpectralConfig(signflip=flip)
-        times[flip] = time_call(lambda cfg=cfg: analyze_delta(D, base_norm=1.0, config=cfg,
-                                                               frob2=frob2), repeat=3)
+    configs = {flip: SpectralConfig(signflip=flip) for flip in (False, True)}
+    times = _interleaved_min({
+        flip: lambda cfg=cfg: analyze_delta(D, base_norm=1.0, config=cfg, frob2=frob2)
+        for flip, cfg in configs.items()}, rounds=3)
     m, n = shape
     return make_row(f"spectral/signflip-cost/{m}x{n}", "analyze_delta without the sign flip",
                     times[False], times[True])
@@ -126,16 +141,35 @@ def _config_row(shape: tuple[int, int]) -> dict:
     exact = torch.linalg.svdvals(D).numpy()
     halko = SpectralConfig(method="subspace", n_iter=2, oversample=10)
     ours = SpectralConfig()
-    times, errs = {}, {}
-    for name, cfg in (("halko", halko), ("ours", ours)):
-        times[name] = time_call(lambda cfg=cfg: analyze_delta(D, base_norm=1.0, config=cfg,
-                                                               frob2=frob2), repeat=3)
-        spec = analyze_delta(D, base_norm=1.0, config=cfg, frob2=frob2)
-        errs[name] = _max_rel_err(spec.singular_values[:4], exact)
+    configs = {"halko": halko, "ours": ours}
+    times = _interleaved_min({
+        name: lambda cfg=cfg: analyze_delta(D, base_norm=1.0, config=cfg, frob2=frob2)
+        for name, cfg in configs.items()}, rounds=3)
+    errs = {name: _max_rel_err(analyze_delta(D, base_norm=1.0, config=cfg, frob2=frob2)
+                               .singular_values[:4], exact) for name, cfg in configs.items()}
     m, n = shape
     return make_row(f"spectral/config/{m}x{n}/krylov-q3-p5",
                     "subspace (Halko) q2 p10", times["halko"], times["ours"],
                     err_top4_halko=errs["halko"], err_top4_ours=errs["ours"])
+
+
+def _interleaved_min(fns: dict, rounds: int, cold: tuple = ()) -> dict:
+    """Best wall time of each callable, calling them in turn `rounds` times.
+
+    This machine is shared: interleaving exposes every contender to the same load, and
+    the minimum is the run that contention disturbed least. Names in `cold` (the slow
+    full SVD) skip the warm-up call.
+    """
+    for name, fn in fns.items():  # warm-up: allocator, thread pools, lazy init
+        if name not in cold:
+            fn()
+    best = dict.fromkeys(fns, math.inf)
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
 
 
 def _stream_norms(base: torch.Tensor, ft: torch.Tensor) -> float:

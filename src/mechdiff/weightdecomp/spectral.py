@@ -31,7 +31,6 @@ import torch
 # Below this many entries an exact SVD is as fast as a sketch and gives every value.
 _EXACT_MAX_ENTRIES = 1 << 16
 _SIGMA_STEPS = 6
-_FLIP_ROUNDS = 4
 _ONE_THREAD_MAX_ENTRIES = 1 << 18  # head slices and small layers: threads cost more
 _METHODS = ("krylov", "subspace")
 _FROB_BLOCK = 1 << 20  # elements per block when streaming over D
@@ -66,12 +65,12 @@ class SpectralConfig:
     (Hong, Sheng & Dobriban 2020). Flipping signs destroys low-rank structure but keeps
     any variance profile, so this cut follows row/column-scaled drift, which an iid edge
     mistakes for structure (pure drift with row and column scales spread 2x came out as
-    rank 3-22 on average from 64x256 to 512x1024 without it, at most 1 with it). Costs
-    one copy of D and a thin deep sketch: +75-90% CPU time measured at 512x2048 and
-    2048x2048 (benchmarks/bench_spectral.py, signflip-cost row)."""
+    rank 3-22 on average from 64x256 to 512x1024 without it, 0-0.25 with it; spread 4x:
+    16-97 without, 0.1-0.45 with). Costs one copy of D and a thin deep sketch
+    (benchmarks/bench_spectral.py, signflip-cost row)."""
     signflip_quantile: float = 3.0
     """Margin above the sign-flipped top value, in Tracy-Widom units; it compares two
-    draws of the same law, so 3 units leave a few % of heteroscedastic tensors at rank 1."""
+    draws of the same law, so 3 units leave some heteroscedastic tensors at rank 1."""
     signflip_sketch_margin: float = 0.01
     """Relative margin on the sketched sign-flipped value, which a thin Krylov sketch
     underestimates by up to ~0.5% on a flat spectrum (exact path: no margin)."""
@@ -292,7 +291,7 @@ def analyze_delta(D: torch.Tensor, *, base_norm: float, config: SpectralConfig,
     with _one_thread() if D.numel() <= _ONE_THREAD_MAX_ENTRIES else nullcontext():
         while True:
             U, S, V = _top_triplets(D, k, config)
-            fit = _detect(D, U, S, V, frob2, config)
+            fit = _detect(D, S, frob2, config)
             if not _should_grow(fit.rank, k, D.shape, config):
                 break
             k = min(2 * k, config.k_max, *D.shape)
@@ -470,38 +469,31 @@ def spike_strength(s: np.ndarray, sigma: float, m: int, n: int) -> np.ndarray:
     return np.sqrt(np.maximum((b + np.sqrt(disc)) / 2, 0.0))
 
 
-def _detect(D: torch.Tensor, U: torch.Tensor, S: torch.Tensor, V: torch.Tensor, frob2: float,
-            config: SpectralConfig) -> _NoiseFit:
-    # A strong spike left in the flipped matrix becomes extra noise energy and raises the
-    # sign-flip cut, hiding weaker spikes (a rank-2 head edit came out rank 1). So the
-    # spikes found so far are subtracted before flipping, until the rank stops growing.
-    # Values below the cut are never subtracted: that would flatten a real variance
-    # profile and bring back the spurious ranks the sign flip is there to remove.
+def _detect(D: torch.Tensor, S: torch.Tensor, frob2: float, config: SpectralConfig
+            ) -> _NoiseFit:
     if not config.signflip:
         return _fit_noise(S, D.shape, frob2, config)
-    removed = 0
-    for _ in range(_FLIP_ROUNDS):
-        flip_top = _signflip_top(D, U[:, :removed] * S[:removed], V[:, :removed], config)
-        fit = _fit_noise(S, D.shape, frob2, config, flip_top)
-        if fit.rank <= removed:
-            break
-        removed = fit.rank
-    return fit
+    # In units of the overall entry std, so _cut can rescale it to the sigma that leaves
+    # the tested spikes out: a strong spike left in D * R is extra noise energy that
+    # would otherwise raise the cut and hide weaker spikes (a rank-2 head edit came out
+    # rank 1). The flip is never redone on a residual: subtracting values below the cut
+    # would flatten a real variance profile and bring the spurious ranks back.
+    sigma_all = math.sqrt(frob2 / D.numel())
+    flip_ratio = _signflip_top(D, config) / sigma_all if sigma_all > 0 else 0.0
+    return _fit_noise(S, D.shape, frob2, config, flip_ratio)
 
 
-def _signflip_top(D: torch.Tensor, US: torch.Tensor, V: torch.Tensor,
-                  config: SpectralConfig) -> float:
-    # Top singular value of (D - US V^T) * R, R_ij = +-1 at random, raised by the sketch
-    # margin when sketched (a thin deep Krylov basis: depth matters more than width here).
-    # Signs are drawn on the CPU a block at a time (one extra copy of D in all) and moved,
-    # so CPU and CUDA flip the same entries and reach the same cut.
+def _signflip_top(D: torch.Tensor, config: SpectralConfig) -> float:
+    # Top singular value of D * R, R_ij = +-1 at random, raised by the sketch margin when
+    # sketched (a thin deep Krylov basis: depth matters more than width here). Signs are
+    # drawn on the CPU a block at a time (one extra copy of D in all) and moved, so CPU
+    # and CUDA flip the same entries and reach the same cut.
     gen = torch.Generator().manual_seed(config.seed + 1)
-    flipped = torch.addmm(D, US, V.T, alpha=-1) if US.shape[1] else D.clone()
+    flipped = D.clone()
     rows = max(1, _FROB_BLOCK // D.shape[1])
     for i in range(0, D.shape[0], rows):
         block = flipped[i:i + rows]
-        signs = torch.empty(block.shape).bernoulli_(0.5, generator=gen).mul_(2).sub_(1)
-        block.mul_(signs.to(D.device))
+        block.mul_(torch.rand(block.shape, generator=gen).sub_(0.5).sign_().to(D.device))
     width, depth = 4, 8
     _, S, _ = randomized_svd(flipped, 1, oversample=width - 1, n_iter=depth,
                              generator=torch.Generator().manual_seed(config.seed + 1))
@@ -509,15 +501,15 @@ def _signflip_top(D: torch.Tensor, US: torch.Tensor, V: torch.Tensor,
     return float(S[0]) * (1 + (0 if exact else config.signflip_sketch_margin))
 
 
-def _cut(sigma: float, m: int, n: int, config: SpectralConfig, flip_top: float) -> float:
+def _cut(sigma: float, m: int, n: int, config: SpectralConfig, flip_ratio: float) -> float:
     # The iid cut keeps its Gaussian guarantee; the sign-flip cut adds the variance profile.
     tw_scale = 0.5 * (1 / math.sqrt(m) + 1 / math.sqrt(n)) ** (1 / 3)
-    flip_cut = flip_top + config.signflip_quantile * tw_scale * sigma if flip_top > 0 else 0.0
+    flip_cut = sigma * (flip_ratio + config.signflip_quantile * tw_scale) if flip_ratio else 0.0
     return max(detection_threshold(sigma, m, n, config), flip_cut)
 
 
 def _fit_noise(S: torch.Tensor, shape: tuple[int, int], frob2: float,
-               config: SpectralConfig, flip_top: float = 0.0) -> _NoiseFit:
+               config: SpectralConfig, flip_ratio: float = 0.0) -> _NoiseFit:
     # Sequential test: s_j is structured if it clears the cut computed with sigma from the
     # energy outside s_1..s_j. Leaving the tested value out keeps a spike's own energy
     # from raising the cut that should detect it (6% of sigma at 32x32 for a 1% edit in
@@ -528,12 +520,12 @@ def _fit_noise(S: torch.Tensor, shape: tuple[int, int], frob2: float,
     rank = 0
     for j in range(1, len(s) + 1):
         sigma = _sigma_outside(s[:j], m, n, frob2, floor)
-        if s[j - 1] <= _cut(sigma, m, n, config, flip_top):
+        if s[j - 1] <= _cut(sigma, m, n, config, flip_ratio):
             break
         rank = j
     sigma = _sigma_outside(s[:rank], m, n, frob2, floor)
     thetas = spike_strength(s[:rank], sigma, m, n)
-    return _NoiseFit(sigma, mp_edge(sigma, m, n), _cut(sigma, m, n, config, flip_top),
+    return _NoiseFit(sigma, mp_edge(sigma, m, n), _cut(sigma, m, n, config, flip_ratio),
                      rank, thetas)
 
 
