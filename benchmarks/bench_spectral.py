@@ -11,6 +11,7 @@ includes values that a plain sketch resolves badly. Per shape:
 - max_rel_err: worst relative error of the singular values above the detection cut,
   against the full SVD; sigma_err / sigma_err_full: error of noise_sigma against the
   planted 1 and against the DESIGN.md tail estimate computed from the full SVD;
+- no_flip_s / ratio_no_flip: the same analysis with SpectralConfig(signflip=False);
 - lowrank_bulk_bias: mean s_i(torch.svd_lowrank, niter=2) / s_i(full) - 1 over the bulk
   values i = 5..k, the bias our noise level must not (and does not) inherit.
 
@@ -66,18 +67,20 @@ def _run(quick: bool) -> list[dict]:
     torch.manual_seed(0)
     model = MODEL_QUICK if quick else MODEL_1B
     config = SpectralConfig()
-    rows, totals = [], {"full": 0.0, "ours": 0.0, "norms": 0.0}
+    rows, totals = [], {"full": 0.0, "ours": 0.0, "norms": 0.0, "no_flip": 0.0}
     for shape, count in model:
         row = _shape_row(shape, config, quick)
         rows.append(row)
         totals["full"] += count * row["baseline_s"]
         totals["ours"] += count * row["ours_s"]
         totals["norms"] += count * row["norms_s"]
+        totals["no_flip"] += count * row["no_flip_s"]
     params = sum(m * n * c for (m, n), c in model)
     rows.append(make_row(f"spectral/model-{params / 1e9:.2f}B-params (sum of shapes)",
                          "full SVD of every matrix", totals["full"], totals["ours"],
                          norms_s=totals["norms"],
                          ours_over_norms=(totals["norms"] + totals["ours"]) / totals["norms"],
+                         ratio_no_flip=totals["full"] / totals["no_flip"],
                          threads=torch.get_num_threads(),
                          load_avg=round(os.getloadavg()[0], 1)))
     shape = model[3][0] if quick else (2048, 8192)
@@ -106,10 +109,12 @@ def _shape_row(shape: tuple[int, int], config: SpectralConfig, quick: bool) -> d
     exact = torch.linalg.svdvals(D).numpy()
     base = torch.randn(m, n).bfloat16()
     ft = (base.float() + D * 1e-3).bfloat16()
+    no_flip = SpectralConfig(signflip=False)
     times = _interleaved_min({
         "full": lambda: torch.linalg.svdvals(D),
         "norms": lambda: _stream_norms(base, ft),
         "ours": lambda: analyze_delta(D, base_norm=1.0, config=config, frob2=frob2),
+        "no_flip": lambda: analyze_delta(D, base_norm=1.0, config=no_flip, frob2=frob2),
     }, rounds=3 if quick else 2, cold=("full",))
     full_s, norms_s, ours_s = times["full"], times["norms"], times["ours"]
     spec = analyze_delta(D, base_norm=1.0, config=config, frob2=frob2)
@@ -122,7 +127,8 @@ def _shape_row(shape: tuple[int, int], config: SpectralConfig, quick: bool) -> d
         exact_path=spec.exact, max_rel_err=_max_rel_err(spec.singular_values[:rank], exact),
         sigma_err=spec.noise_sigma - 1.0, sigma_err_full=spec.noise_sigma / sigma_full - 1,
         lowrank_bulk_bias=_lowrank_bias(D, exact, config.k), norms_s=norms_s,
-        ours_over_norms=(norms_s + ours_s) / norms_s)
+        ours_over_norms=(norms_s + ours_s) / norms_s, no_flip_s=times["no_flip"],
+        ratio_no_flip=full_s / times["no_flip"])
 
 
 def _signflip_row(shape: tuple[int, int]) -> dict:
