@@ -118,7 +118,8 @@ class Spectrum:
     """Largest singular value the bulk reaches, sigma (sqrt m + sqrt n)."""
     threshold: float
     """Cut a singular value must exceed to count as structured: the larger of the bulk
-    edge plus its Tracy-Widom margin and the sign-flipped top value plus its margin."""
+    edge plus its Tracy-Widom margin and the sign-flipped top value plus its margin (the
+    flip is skipped, and this is the iid cut, when no value clears the iid cut)."""
     rank: int
     """Number of singular values above `threshold` (0 = diffuse drift only)."""
     structured_fraction: float
@@ -471,8 +472,9 @@ def spike_strength(s: np.ndarray, sigma: float, m: int, n: int) -> np.ndarray:
 
 def _detect(D: torch.Tensor, S: torch.Tensor, frob2: float, config: SpectralConfig
             ) -> _NoiseFit:
-    if not config.signflip:
-        return _fit_noise(S, D.shape, frob2, config)
+    iid_fit = _fit_noise(S, D.shape, frob2, config)
+    if not config.signflip or iid_fit.rank == 0:  # the flip can only raise the cut
+        return iid_fit
     # In units of the overall entry std, so _cut can rescale it to the sigma that leaves
     # the tested spikes out: a strong spike left in D * R is extra noise energy that
     # would otherwise raise the cut and hide weaker spikes (a rank-2 head edit came out
