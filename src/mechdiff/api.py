@@ -153,12 +153,13 @@ def _run_model_lenses(base: str | os.PathLike, ft: str | os.PathLike, data: str 
                       config: AuditConfig, progress: bool) -> tuple:
     from mechdiff.diffing.activations import read_texts
     from mechdiff.diffing.behaviour import behaviour_diff
-    from mechdiff.diffing.crosscoder_pipeline import load_hf_pair, run_crosscoder
+    from mechdiff.diffing.crosscoder_pipeline import run_crosscoder
+    from mechdiff.models import load_model_pair
 
     texts = read_texts(data)
     behaviour = None
     if config.behaviour is not None:
-        base_model, ft_model, base_tok, ft_tok = load_hf_pair(base, ft, config.behaviour.device)
+        base_model, ft_model, base_tok, ft_tok = load_model_pair(base, ft, config.behaviour.device)
         behaviour = behaviour_diff(base_model, ft_model, (base_tok, ft_tok), texts, config.behaviour)
         del base_model, ft_model
     crosscoder = None

@@ -9,19 +9,24 @@ import sys
 import time
 
 import pytest
+import torch
 from ckpt_builders import LLAMA_CONFIG, drift, llama_state, save_folder
 
 from mechdiff.store import open_results
 
-CFG = {**LLAMA_CONFIG, "hidden_size": 256, "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 32,
-       "num_hidden_layers": 4, "intermediate_size": 1024}
+# big enough (~60M parameters, bf16) that the diff runs for seconds even on an idle machine
+SIZES = {"n_layers": 6, "d": 768, "n_heads": 12, "n_kv": 4, "head_dim": 64, "ffn": 3072, "vocab": 4000}
+CFG = {**LLAMA_CONFIG, "hidden_size": 768, "num_attention_heads": 12, "num_key_value_heads": 4, "head_dim": 64,
+       "num_hidden_layers": 6, "intermediate_size": 3072, "vocab_size": 4000}
 
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     root = tmp_path_factory.mktemp("kill")
-    state = llama_state(0, n_layers=4, d=256, n_heads=8, n_kv=4, head_dim=32, ffn=1024, vocab=2000)
-    return save_folder(root / "base", state, CFG), save_folder(root / "ft", drift(state, 0.02), CFG)
+    state = llama_state(0, **SIZES)
+    ft = {k: v.to(torch.bfloat16) for k, v in drift(state, 0.02).items()}
+    state = {k: v.to(torch.bfloat16) for k, v in state.items()}
+    return save_folder(root / "base", state, CFG), save_folder(root / "ft", ft, CFG)
 
 
 def _start(base, ft, out):
@@ -46,7 +51,7 @@ def _check_rerun(base, ft, out):
                           capture_output=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
     with open_results(out) as res:
-        assert len(res.weights.table("changes")) == len(llama_state(0, n_layers=4))
+        assert len(res.weights.table("changes")) == len(llama_state(0, n_layers=6))
 
 
 def test_sigkill_mid_run_leaves_no_result_and_keeps_the_old_one(pair, tmp_path):

@@ -28,7 +28,7 @@ from mechdiff.diffing.crosscoder_eval import CrosscoderEval, evaluate_crosscoder
 from mechdiff.diffing.crosscoder_metrics import BASE_ONLY_MAX, FT_ONLY_MIN, SHARED_RANGE
 from mechdiff.diffing.crosscoder_summary import summary_json
 from mechdiff.diffing.train import train_crosscoder
-from mechdiff.errors import InputError
+from mechdiff.models import load_model_pair
 
 GROUP = "crosscoder"
 CONTEXT_CLASSES = ("ft-only", "base-only")
@@ -138,31 +138,6 @@ def _contexts(ev: CrosscoderEval, data: PairedActivations, decode: Any) -> dict[
     }
 
 
-def load_hf_pair(base_dir: str | Path, ft_dir: str | Path, device: str = "cpu") -> tuple[Any, Any, Any, Any]:
-    """Both causal LMs and tokenizers from local folders (never a hub; no remote code).
-
-    Returns:
-        (base_model, ft_model, base_tokenizer, ft_tokenizer).
-
-    Raises:
-        InputError: a folder is missing or transformers cannot load it.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    loaded = []
-    for folder in (base_dir, ft_dir):
-        if not Path(folder).is_dir():
-            raise InputError(f"model folder {folder} does not exist; pass a Hugging Face model folder")
-        try:
-            model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
-            tok = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
-        except (OSError, ValueError) as exc:
-            raise InputError(f"cannot load {folder} with transformers ({exc}); "
-                             "crosscoders need config.json, weights and tokenizer files") from exc
-        loaded.append((model.to(device), tok))
-    return loaded[0][0], loaded[1][0], loaded[0][1], loaded[1][1]
-
-
 def run_crosscoder(base_dir: str | Path, ft_dir: str | Path, data_file: str | Path, layer: int,
                    config: CrosscoderConfig | None = None, *, site_kind: str = "resid",
                    activations: ActivationConfig | None = None, device: str = "cpu", top_n: int = 10,
@@ -193,7 +168,7 @@ def run_crosscoder(base_dir: str | Path, ft_dir: str | Path, data_file: str | Pa
     """
     config = config or CrosscoderConfig()
     texts = read_texts(data_file)
-    base, ft, base_tok, ft_tok = load_hf_pair(base_dir, ft_dir, device)
+    base, ft, base_tok, ft_tok = load_model_pair(base_dir, ft_dir, device)
     site = ActivationSite(layer=layer, kind=site_kind)
     with tempfile.TemporaryDirectory(prefix="mechdiff-acts-") as tmp:
         act_config = activations or ActivationConfig(max_tokens=config.tokens, device=device,

@@ -10,33 +10,10 @@ import torch
 from torch import Tensor, nn
 
 from mechdiff.errors import InputError
+from mechdiff.models import load_causal_lm
 from mechdiff.weightdecomp.decomposition import Decomposition
 from mechdiff.weightdecomp.spd import decompose_module
 from mechdiff.weightdecomp.spd_config import SPDConfig
-
-
-def load_causal_lm(model_dir: str | os.PathLike) -> tuple[nn.Module, Any]:
-    """Load a causal LM and its tokenizer from a local folder (never from the hub).
-
-    Args:
-        model_dir: folder with config.json, weights and a tokenizer.
-
-    Returns:
-        (model in eval mode, float32; tokenizer).
-    """
-    try:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise InputError("decomposing a Hugging Face model needs transformers: pip install 'mechdiff[hf]'") from exc
-    path = Path(model_dir)
-    if not (path / "config.json").is_file():
-        raise InputError(f"{model_dir} is not a Hugging Face model folder (no config.json)")
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, torch_dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot load the model or tokenizer in {model_dir}: {exc}") from exc
-    return model.eval(), tokenizer
 
 
 def token_batches(tokenizer: Any, text: str, seq_len: int, batch_sequences: int) -> list[Tensor]:
