@@ -44,6 +44,7 @@ class SafetensorsHeader:
     entries: dict[str, TensorEntry]
     metadata: dict[str, str]
     fingerprint: str
+    data_start: int  # file offset of the data section (8 + header length)
 
 
 def read_header(path: str | os.PathLike) -> SafetensorsHeader:
@@ -79,7 +80,7 @@ def read_header(path: str | os.PathLike) -> SafetensorsHeader:
     entries = {name: _entry(p, name, spec, body_len) for name, spec in parsed.items()}
     _check_layout(p, entries, body_len)
     fingerprint = hashlib.sha256(raw + struct.pack("<Q", size)).hexdigest()[:16]
-    return SafetensorsHeader(p, entries, {str(k): str(v) for k, v in metadata.items()}, fingerprint)
+    return SafetensorsHeader(p, entries, {str(k): str(v) for k, v in metadata.items()}, fingerprint, 8 + header_len)
 
 
 def _file_size(p: Path) -> int:

@@ -17,13 +17,23 @@ from typing import Any, Protocol
 import torch
 
 from mechdiff.checkpoint.safetensors_header import (
-    DTYPE_BITS,
     SafetensorsHeader,
     read_header,
 )
 from mechdiff.errors import InputError
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+# safetensors dtype -> torch dtype, for the dtypes this torch build has (sub-byte ones are refused)
+TORCH_DTYPES = {
+    name: getattr(torch, attr)
+    for name, attr in {
+        "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64", "I32": "int32",
+        "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool", "F8_E4M3": "float8_e4m3fn",
+        "F8_E5M2": "float8_e5m2", "F8_E4M3FNUZ": "float8_e4m3fnuz", "F8_E5M2FNUZ": "float8_e5m2fnuz",
+        "F8_E8M0": "float8_e8m0fnu", "C64": "complex64", "U16": "uint16", "U32": "uint32", "U64": "uint64",
+    }.items()
+    if hasattr(torch, attr)
+}
 
 
 @dataclass(frozen=True)
@@ -52,7 +62,12 @@ class TensorSource(Protocol):
 
 
 class SafetensorsFile:
-    """One ``.safetensors`` file, read lazily with ``safe_open``."""
+    """One ``.safetensors`` file. Each tensor is read with one positioned read of exactly its bytes.
+
+    The header is validated first (offsets, sizes, dtypes), so a read never allocates more
+    than the file holds; and no file mapping outlives a read, so resident memory stays the
+    size of the tensors in use, never the size of the file.
+    """
 
     def __init__(self, path: Path, *, folder: Path | None = None, config: dict | None = None) -> None:
         self.path = path
@@ -60,7 +75,6 @@ class SafetensorsFile:
         self.folder = folder
         self.config = config
         self.header: SafetensorsHeader = read_header(path)
-        self._handle: Any = None
 
     def names(self) -> list[str]:
         return list(self.header.entries)
@@ -70,17 +84,22 @@ class SafetensorsFile:
         return TensorMeta(name, entry.shape, entry.dtype)
 
     def get(self, name: str) -> torch.Tensor:
-        from safetensors import safe_open
-
-        dtype = self.header.entries[name].dtype
-        if DTYPE_BITS[dtype] < 8:
-            raise InputError(f"{self.path}: tensor {name!r} is packed {dtype}, which mechdiff cannot read yet")
+        entry = self.header.entries[name]
+        dtype = TORCH_DTYPES.get(entry.dtype)
+        if dtype is None:
+            raise InputError(f"{self.path}: tensor {name!r} has dtype {entry.dtype}, which mechdiff cannot read yet")
+        buffer = bytearray(entry.end - entry.begin)
         try:
-            if self._handle is None:
-                self._handle = safe_open(str(self.path), framework="pt", device="cpu")
-            return self._handle.get_tensor(name)
-        except Exception as exc:  # the Rust binding raises its own SafetensorError type
-            raise InputError(f"{self.path}: cannot read tensor {name!r} ({dtype}): {_first_line(exc)}") from exc
+            with open(self.path, "rb") as fh:
+                fh.seek(self.header.data_start + entry.begin)
+                got = fh.readinto(buffer)
+        except OSError as exc:
+            raise InputError(f"{self.path}: cannot read tensor {name!r}: {exc.strerror or exc}") from exc
+        if got != len(buffer):
+            raise InputError(f"{self.path}: tensor {name!r} is cut short (the file changed or is truncated)")
+        if not buffer:
+            return torch.empty(entry.shape, dtype=dtype)
+        return torch.frombuffer(buffer, dtype=dtype).reshape(entry.shape)
 
     def fingerprint(self) -> str:
         return self.header.fingerprint
