@@ -63,7 +63,8 @@ def test_backdoor_is_the_top_finding_and_fails_the_gate(audited, toy_backdoor):
     assert top["score"] > 1.0 and top["rank"] == 1
     assert {"behaviour", "weights", "heads"} <= set(doc["lenses"])
     with open_results(out / "a.h5") as res:
-        assert {"weights", "heads", "audit"} <= set(res.parts)
+        assert {"weights", "heads", "audit", "crosscoder"} <= set(res.parts)
+        assert res.crosscoder.module().dict_size == len(res.crosscoder.table("latents"))
         findings = res.audit.table("findings")
         assert findings["summary"][0] == top["summary"]
         assert res.audit.attrs["verdict"] == "findings"

@@ -151,3 +151,26 @@ def test_json_and_hdf5_agree(tmp_path):
     assert [c["tensor"] for c in loaded["changes"]] == [c["tensor"] for c in doc["changes"]]
     assert [c["rank"] for c in loaded["changes"]] == [c["rank"] for c in doc["changes"]]
     assert loaded["heads"][0]["head"] == doc["heads"][0]["head"]
+
+
+def test_real_fine_tune_readouts_name_the_trigger_or_target(toy_backdoor):
+    """A tiny GPT-2 trained for real, fine-tuned so a trigger is followed by a target token."""
+    result = diff_checkpoints(toy_backdoor.base_dir, toy_backdoor.ft_dir, progress=False)
+    planted = {toy_backdoor.trigger, toy_backdoor.target}
+    top = result.changes[:3]
+    named = [c for c in top if planted & set(c.tokens_in[:5] + c.tokens_out[:5])]
+    assert named, [(c.tensor, c.tokens_in[:5], c.tokens_out[:5]) for c in top]
+    assert planted & set(result.moved_tokens)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_diff_equals_cpu_diff(tmp_path):
+    from mechdiff.diffing.weights import DiffConfig
+
+    base, ft = _planted_pair(tmp_path)
+    cpu = diff_checkpoints(base, ft, config=DiffConfig(device="cpu"), progress=False)
+    gpu = diff_checkpoints(base, ft, config=DiffConfig(device="cuda"), progress=False)
+    assert [c.tensor for c in gpu.changes] == [c.tensor for c in cpu.changes]
+    for a, b in zip(gpu.changes, cpu.changes):
+        assert a.rank == b.rank and a.score == pytest.approx(b.score, rel=1e-3, abs=1e-9)

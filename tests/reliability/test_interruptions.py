@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -85,3 +86,24 @@ def test_ctrl_c_exits_with_a_short_message_and_no_temp_files(pair, tmp_path):
     last = err.decode().strip().splitlines()[-1]
     assert "interrupted" in last and "Traceback" not in err.decode()
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_sigkill_during_crosscoder_training_then_resume(toy_backdoor, tmp_path):
+    out, ckpt = tmp_path / "cc.h5", tmp_path / "ckpt"
+    args = [sys.executable, "-m", "mechdiff", "crosscoder", str(toy_backdoor.base_dir), str(toy_backdoor.ft_dir),
+            "--data", str(toy_backdoor.corpus_path), "--layer", "1", "--tokens", str(256 * 4000),
+            "--checkpoint-dir", str(ckpt), "--checkpoint-every", "50", "-o", str(out), "--json"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not (ckpt / "latest.json").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, "training ended before a checkpoint was seen"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not out.exists()
+    done = subprocess.run([*args, "--resume", "--no-progress"], capture_output=True, text=True, timeout=600,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-1500:]
+    assert json.loads(done.stdout)["counts"]
+    with open_results(out) as res:
+        assert len(res.crosscoder.table("latents")) > 0

@@ -22,8 +22,10 @@ from mechdiff.weightdecomp.spectral import (
     SpectralConfig,
     Spectrum,
     analyze_delta,
+    clears_first_cut,
     intruder_dimensions,
     score_1d,
+    structured_score,
 )
 
 NATIVE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -160,7 +162,7 @@ def _analyze_pair(
     )
     if b.ndim < 2 or min(b.shape[0], b.numel() // max(b.shape[0], 1)) < 2 or stats.sum_d2 == 0.0:
         return change, [], []
-    w_base, delta = _oriented_delta(b, f, pair.info, stats.n_excluded > 0)
+    delta = _oriented_delta(b, f, pair.info, stats.n_excluded > 0)
     del f
     spectrum = analyze_delta(delta.to(device), base_norm=stats.norm_base, config=config.spectral, frob2=stats.sum_d2)
     _fill_spectral(change, spectrum, config)
@@ -168,7 +170,7 @@ def _analyze_pair(
         pair.info.kind, spectrum.U, spectrum.V, min(spectrum.rank, config.readout_directions), config.readout_tokens
     ) if spectrum.rank > 0 else ([], [])
     moved = readout.moved_rows(delta, config.readout_tokens) if pair.info.kind in ("embed", "unembed") else []
-    heads = _head_changes(pair.info, delta, w_base, layout.geometry, config, device) if config.heads else []
+    heads = _head_changes(pair.info, delta, _oriented(b, pair.info), layout.geometry, config, device) if config.heads else []
     return change, heads, moved
 
 
@@ -180,22 +182,32 @@ def _count_intruders(base: TensorSource, ft: TensorSource, pairing: Pairing, cha
     for change in structured:
         pair = pairs[change.tensor]
         b, f = _load_pair(base, ft, pair)
-        w_base, delta = _oriented_delta(b, f, pair.info, change.nan_ft + change.inf_ft + change.nan_base + change.inf_base > 0)
+        w_base = _oriented(b, pair.info).float().nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
+        w_ft = _oriented(f, pair.info).float().nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
         k = min(16, config.spectral.k)
-        change.n_intruders = len(intruder_dimensions(w_base, w_base + delta, k=k, seed=config.spectral.seed))
+        change.n_intruders = len(intruder_dimensions(w_base, w_ft, k=k, seed=config.spectral.seed))
 
 
-def _oriented_delta(b: torch.Tensor, f: torch.Tensor, info: TensorInfo, has_nonfinite: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """W_base and D = W_ft - W_base as float32 [out, in] (Conv1D transposed, conv kernels flattened)."""
-    w_base = b.float().reshape(b.shape[0], -1)
+def _oriented(t: torch.Tensor, info: TensorInfo) -> torch.Tensor:
+    """A 2-D [out, in] view of a stored tensor (Conv1D transposed, conv kernels flattened)."""
+    flat = t.reshape(t.shape[0], -1)
+    return flat.T if info.orientation == "in_out" else flat
+
+
+def _oriented_delta(b: torch.Tensor, f: torch.Tensor, info: TensorInfo, has_nonfinite: bool) -> torch.Tensor:
+    """D = W_ft - W_base as float32 [out, in], non-finite entries zeroed (they are counted already)."""
     delta = f.float().reshape(f.shape[0], -1)
-    delta.sub_(w_base)
-    if has_nonfinite:  # already counted; keep them from poisoning the spectrum
+    delta.sub_(b.reshape(b.shape[0], -1))
+    if has_nonfinite:
         delta.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
-        w_base = w_base.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
-    if info.orientation == "in_out":
-        w_base, delta = w_base.T, delta.T
-    return w_base, delta
+    return delta.T if info.orientation == "in_out" else delta
+
+
+def _finite_norm(t: torch.Tensor) -> float:
+    norm = float(torch.linalg.vector_norm(t, dtype=torch.float64))
+    if math.isfinite(norm):
+        return norm
+    return float(torch.linalg.vector_norm(t.double().nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)))
 
 
 def _fill_spectral(change: TensorChange, spectrum: Spectrum, config: DiffConfig) -> None:
@@ -212,22 +224,39 @@ def _fill_spectral(change: TensorChange, spectrum: Spectrum, config: DiffConfig)
 
 
 def _head_changes(
-    info: TensorInfo, delta: torch.Tensor, w_base: torch.Tensor, geometry: HeadGeometry | None,
+    info: TensorInfo, delta: torch.Tensor, base: torch.Tensor, geometry: HeadGeometry | None,
     config: DiffConfig, device: torch.device,
 ) -> list:
+    """Score every head slice: exact values for all heads at once, the full analysis only where
+    a value clears the detection cut (drift-only heads are settled by their values alone)."""
     if info.heads is None or geometry is None or info.layer is None:
         return []
+    slices = head_slices(info.heads, info.kind, tuple(delta.shape), geometry)
+    if not slices:
+        return []
+    blocks = torch.stack([sl.take(delta) for sl in slices])  # [H, a, b]: every slice of one tensor has one shape
+    frob2 = blocks.double().square().sum(dim=(1, 2)).tolist()
+    values = _batched_singular_values(blocks)
     out = []
-    for sl in head_slices(info.heads, info.kind, tuple(delta.shape), geometry):
-        d_slice = sl.take(delta).contiguous()
-        base_norm = float(torch.linalg.vector_norm(sl.take(w_base), dtype=torch.float64))
-        frob2 = float(torch.linalg.vector_norm(d_slice, dtype=torch.float64)) ** 2
-        if frob2 == 0.0:
+    for sl, block, s_h, f2 in zip(slices, blocks, values, frob2):
+        if f2 == 0.0:
             continue
-        spectrum = analyze_delta(d_slice.to(device), base_norm=base_norm, config=config.spectral, frob2=frob2)
-        rel = math.sqrt(frob2) / base_norm if base_norm > 0 else math.inf
-        out.append(((sl.part, info.layer, sl.head, sl.group), (spectrum.score, spectrum.rank, rel)))
+        base_norm = _finite_norm(sl.take(base))
+        rel = math.sqrt(f2) / base_norm if base_norm > 0 else math.inf
+        if clears_first_cut(s_h, tuple(block.shape), f2, config.spectral):
+            spectrum = analyze_delta(block.to(device), base_norm=base_norm, config=config.spectral, frob2=f2)
+            score, rank = spectrum.score, spectrum.rank
+        else:
+            score, rank = structured_score(np.zeros(0), base_norm, rel, config.spectral.drift_weight), 0
+        out.append(((sl.part, info.layer, sl.head, sl.group), (score, rank, rel)))
     return out
+
+
+def _batched_singular_values(blocks: torch.Tensor) -> torch.Tensor:
+    """Singular values of each [a, b] block, descending, from the eigenvalues of its smaller Gram matrix."""
+    gram = blocks @ blocks.transpose(1, 2) if blocks.shape[1] <= blocks.shape[2] else blocks.transpose(1, 2) @ blocks
+    eig = torch.linalg.eigvalsh(gram.double())
+    return eig.clamp_min(0.0).sqrt().flip(-1)
 
 
 def _nonfinite_warnings(change: TensorChange) -> list[str]:

@@ -55,6 +55,10 @@ class SpectralConfig:
     """Sketch: "krylov" (block Krylov, default) or "subspace" (Halko power iterations)."""
     k_max: int = 256
     """When all k values stand above the cut, k doubles up to this bound (0 disables)."""
+    screen_k: int = 8
+    """Large matrices are first sketched with this many triplets; when none stands above the
+    cut (drift only, most matrices of most fine-tunes) that short sketch is the answer and
+    only its values are kept; otherwise the full k-triplet sketch runs. 0 disables."""
     tw_quantile: float = 5.0
     """Margin above the bulk edge in Tracy-Widom units sigma/2 (1/sqrt m + 1/sqrt n)^(1/3).
     With sigma estimated leaving out the tested value, the 99.99% point of pure Gaussian
@@ -86,6 +90,7 @@ class SpectralConfig:
         _require(self.k >= 1, f"k must be >= 1, got {self.k}")
         _require(self.oversample >= 0, f"oversample must be >= 0, got {self.oversample}")
         _require(self.n_iter >= 0, f"n_iter must be >= 0, got {self.n_iter}")
+        _require(self.screen_k >= 0, f"screen_k must be >= 0, got {self.screen_k}")
         _require(self.method in _METHODS, f"method must be one of {_METHODS}, got "
                  f"{self.method!r}")
         _require(self.k_max == 0 or self.k_max >= self.k,
@@ -288,11 +293,18 @@ def analyze_delta(D: torch.Tensor, *, base_norm: float, config: SpectralConfig,
     if frob2 is None:
         frob2 = frobenius2(D)
     _require(math.isfinite(frob2), "delta has NaN/Inf entries (report them; no spectrum)")
-    k = config.k
+    screening = 0 < config.screen_k < config.k and not _use_exact(
+        D.shape, min(config.k, *D.shape), config.oversample, config.n_iter, config.method)
+    k = config.screen_k if screening else config.k
     with _one_thread() if D.numel() <= _ONE_THREAD_MAX_ENTRIES else nullcontext():
         while True:
             U, S, V = _top_triplets(D, k, config)
             fit = _detect(D, S, frob2, config)
+            if screening:
+                if fit.rank == 0:
+                    break
+                screening, k = False, config.k
+                continue
             if not _should_grow(fit.rank, k, D.shape, config):
                 break
             k = min(2 * k, config.k_max, *D.shape)
@@ -300,6 +312,27 @@ def analyze_delta(D: torch.Tensor, *, base_norm: float, config: SpectralConfig,
                        config.method)
     return _spectrum(U, S, V, fit, frob2, base_norm, exact=exact,
                      drift_weight=config.drift_weight)
+
+
+def clears_first_cut(singular_values: torch.Tensor, shape: tuple[int, int], frob2: float,
+                     config: SpectralConfig) -> bool:
+    """Whether any of the top singular values stands above the iid detection cut.
+
+    The sign-flip test of `analyze_delta` can only raise the cut, so False means
+    `analyze_delta` would report rank 0: callers holding exact values (e.g. a batch of
+    head slices) can skip the sketch for those matrices.
+
+    Args:
+        singular_values: the matrix's top singular values, descending (at least config.k of
+            them when it has that many).
+        shape: the matrix's [m, n].
+        frob2: its exact squared Frobenius norm.
+        config: detection settings.
+
+    Returns:
+        True when a value clears the cut.
+    """
+    return _fit_noise(singular_values[: config.k], shape, frob2, config).rank > 0
 
 
 def structured_score(spike_strengths: np.ndarray, base_norm: float, rel_delta: float,
