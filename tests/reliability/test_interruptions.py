@@ -11,12 +11,13 @@ import time
 
 import pytest
 import torch
-from ckpt_builders import LLAMA_CONFIG, drift, llama_state, save_folder
+from ckpt_builders import LLAMA_CONFIG, drift, llama_state, low_rank, save_folder
 
 from mechdiff.store import open_results
 
 # big enough (~60M parameters, bf16) that the diff runs for seconds even on an idle machine
 SIZES = {"n_layers": 6, "d": 768, "n_heads": 12, "n_kv": 4, "head_dim": 64, "ffn": 3072, "vocab": 4000}
+SLOW = ["--rank", "256"]  # 256 triplets of every matrix: several seconds of work to interrupt
 CFG = {**LLAMA_CONFIG, "hidden_size": 768, "num_attention_heads": 12, "num_key_value_heads": 4, "head_dim": 64,
        "num_hidden_layers": 6, "intermediate_size": 3072, "vocab_size": 4000}
 
@@ -25,14 +26,18 @@ CFG = {**LLAMA_CONFIG, "hidden_size": 768, "num_attention_heads": 12, "num_key_v
 def pair(tmp_path_factory):
     root = tmp_path_factory.mktemp("kill")
     state = llama_state(0, **SIZES)
-    ft = {k: v.to(torch.bfloat16) for k, v in drift(state, 0.02).items()}
+    ft = drift(state, 0.02)
+    for name, tensor in state.items():  # structure everywhere: every matrix gets the full analysis
+        if tensor.ndim == 2:
+            ft[name] = ft[name] + low_rank(tuple(tensor.shape), 4, 0.05 * float(tensor.norm()))
+    ft = {k: v.to(torch.bfloat16) for k, v in ft.items()}
     state = {k: v.to(torch.bfloat16) for k, v in state.items()}
     return save_folder(root / "base", state, CFG), save_folder(root / "ft", ft, CFG)
 
 
 def _start(base, ft, out):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "mechdiff", "diff", str(base), str(ft), "-o", str(out)],
+    return subprocess.Popen([sys.executable, "-m", "mechdiff", "diff", str(base), str(ft), "-o", str(out), *SLOW],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
 
 
@@ -48,7 +53,7 @@ def _wait_until_diffing(proc, timeout=120.0):
 
 
 def _check_rerun(base, ft, out):
-    done = subprocess.run([sys.executable, "-m", "mechdiff", "diff", str(base), str(ft), "-o", str(out)],
+    done = subprocess.run([sys.executable, "-m", "mechdiff", "diff", str(base), str(ft), "-o", str(out), *SLOW],
                           capture_output=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
     with open_results(out) as res:
