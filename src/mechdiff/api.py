@@ -13,6 +13,7 @@ from mechdiff.diffing.audit import (
     AuditConfig,
     AuditResult,
     behaviour_findings,
+    component_findings,
     crosscoder_findings,
     head_findings,
     merge_findings,
@@ -127,17 +128,21 @@ def audit_checkpoints(
         read_texts(data)  # fail on a bad corpus before the heavy work
     diff = diff_checkpoints(base, ft, adapter=adapter, config=config.diff, progress=progress)
     lenses = {"weights": weight_findings(diff, config.thresholds), "heads": head_findings(diff, config.thresholds)}
-    behaviour, crosscoder = None, None
+    behaviour, crosscoder, decomposition, component_deltas = None, None, None, []
     if data is not None and adapter is None and _runnable(base) and _runnable(ft):
         behaviour, crosscoder = _run_model_lenses(base, ft, data, config, progress)
+        decomposition, component_deltas = _run_components_lens(base, ft, data, config, progress)
         if behaviour is not None:
             lenses["behaviour"] = behaviour_findings(behaviour)
         if crosscoder is not None:
             lenses["crosscoder"] = crosscoder_findings(crosscoder.to_json())
+        if decomposition is not None:
+            lenses["components"] = component_findings(component_deltas, decomposition_norms(decomposition),
+                                                      config.thresholds)
     result = merge_findings(lenses, config.thresholds, config.fail_above, behaviour)
     if out_path is not None or report_path is not None:
         out_path = out_path or Path(str(report_path) + ".h5")
-        _write_audit(out_path, diff, result, crosscoder, base, ft, adapter, command)
+        _write_audit(out_path, diff, result, [crosscoder, decomposition], base, ft, adapter, command)
         if report_path is not None:
             from mechdiff.report.html import render_report
 
@@ -170,6 +175,35 @@ def _run_model_lenses(base: str | os.PathLike, ft: str | os.PathLike, data: str 
                                             config.crosscoder_options)
         crosscoder = run_crosscoder(base, ft, data, layer, cc_config, progress=progress)
     return behaviour, crosscoder
+
+
+def _run_components_lens(base: str | os.PathLike, ft: str | os.PathLike, data: str | os.PathLike,
+                         config: AuditConfig, progress: bool) -> tuple:
+    """SPD of BASE's chosen modules on the data; FT's weights expressed in those components."""
+    if not config.components:
+        return None, []
+    import dataclasses
+
+    from mechdiff.models import load_causal_lm
+    from mechdiff.weightdecomp.components import find_targets, weight_out_in
+    from mechdiff.weightdecomp.hf import decompose_hf
+    from mechdiff.weightdecomp.match import delta_in_components
+    from mechdiff.weightdecomp.spd_config import SPDConfig
+
+    spd_config = dataclasses.replace(SPDConfig(), steps=config.components_steps)
+    decomposition = decompose_hf(base, list(config.components), data, spd_config, progress=progress)
+    ft_model, _ = load_causal_lm(ft)
+    targets = find_targets(ft_model, list(config.components))
+    deltas = []
+    for name, module in decomposition.modules.items():
+        w_ft = weight_out_in(targets[name], module.kind).detach().float().numpy()
+        deltas.append(delta_in_components(module, w_ft))
+    return decomposition, deltas
+
+
+def decomposition_norms(decomposition: object) -> dict:
+    """Module -> Frobenius norm of each of its components."""
+    return {name: module.norms_C for name, module in decomposition.modules.items()}
 
 
 def _middle_layer(model_config: dict) -> int:
@@ -210,7 +244,7 @@ def audit_crosscoder_config(d_model: int, corpus_tokens: int, overrides: dict | 
     return CrosscoderConfig.from_dict({**CrosscoderConfig().to_dict(), **values, **(overrides or {})})
 
 
-def _write_audit(out_path: Path, diff: WeightDiff, result: AuditResult, crosscoder: object,
+def _write_audit(out_path: Path, diff: WeightDiff, result: AuditResult, parts: list,
                  base: str | os.PathLike, ft: str | os.PathLike | None, adapter: str | os.PathLike | None,
                  command: str | None) -> None:
     base_source, ft_source = open_pair(base, ft, adapter)
@@ -221,8 +255,9 @@ def _write_audit(out_path: Path, diff: WeightDiff, result: AuditResult, crosscod
         fingerprints={"base": base_source.fingerprint(), "ft": ft_source.fingerprint()},
     ) as writer:
         diff.write(writer)
-        if crosscoder is not None:
-            crosscoder.write(writer)
+        for part in parts:  # the crosscoder and the base decomposition, when those lenses ran
+            if part is not None:
+                part.write(writer)
         result.write(writer)
 
 

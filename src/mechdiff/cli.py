@@ -133,14 +133,17 @@ def show(results: str, top: int | None, as_json: bool) -> None:
 @click.option("--fail-above", type=float, default=None, help="Exit 1 when a finding scores above this.")
 @click.option("--layer", type=int, default=None, help="Crosscoder layer (default: middle).")
 @click.option("--no-crosscoder", is_flag=True, help="Skip the crosscoder lens.")
+@click.option("--components", "component_globs", multiple=True,
+              help="Module glob to decompose with SPD (repeatable; turns the components lens on).")
+@click.option("--components-steps", type=click.IntRange(1), default=2000, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--top", type=click.IntRange(1), default=None, help="Findings shown (default 10) / emitted (all).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 @handle_errors
 def audit(base: str, ft: str | None, data: str | None, adapter: str | None, out: str | None, report: str | None,
-          fail_above: float | None, layer: int | None, no_crosscoder: bool, device: str, top: int | None,
-          as_json: bool, no_progress: bool) -> None:
+          fail_above: float | None, layer: int | None, no_crosscoder: bool, component_globs: tuple[str, ...],
+          components_steps: int, device: str, top: int | None, as_json: bool, no_progress: bool) -> None:
     """Audit FT against BASE: every lens that applies, ranked findings, a verdict (exit 1 above --fail-above)."""
     from mechdiff.api import audit_checkpoints
     from mechdiff.diffing.audit import AuditConfig
@@ -149,7 +152,7 @@ def audit(base: str, ft: str | None, data: str | None, adapter: str | None, out:
     if (ft is None) == (adapter is None):
         raise click.UsageError("give either FT or --adapter DIR (not both, not neither)")
     config = AuditConfig(diff=DiffConfig(device=device), crosscoder=not no_crosscoder, crosscoder_layer=layer,
-                         fail_above=fail_above)
+                         components=component_globs, components_steps=components_steps, fail_above=fail_above)
     result = audit_checkpoints(base, ft, data=data, adapter=adapter, out=out, report=report, config=config,
                                progress=not no_progress)
     _print_audit(result.to_json(), top, as_json)

@@ -94,3 +94,19 @@ def test_audit_config_validates():
     with pytest.raises(ValueError):
         AuditThresholds(finding=0)
     assert AuditConfig().thresholds.finding == 1.0
+
+
+def test_components_lens_decomposes_base_and_reads_ft_in_its_components(toy_backdoor, tmp_path):
+    out = tmp_path / "c.h5"
+    result = CliRunner().invoke(main, ["audit", str(toy_backdoor.base_dir), str(toy_backdoor.ft_dir), "--data",
+                                       str(toy_backdoor.corpus_path), "--no-crosscoder", "--components",
+                                       "transformer.h.1.mlp.c_fc", "--components-steps", "30", "-o", str(out),
+                                       "--json", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert "components" in doc["lenses"]
+    with open_results(out) as res:
+        assert res.components.attrs["modules"] == ["transformer.h.1.mlp.c_fc"]
+        methods = set(res.audit.table("findings")["method"])
+    linked = {link["method"] for f in doc["findings"] for link in f["linked"]}
+    assert "components" in methods | linked

@@ -53,6 +53,10 @@ class AuditConfig:
     """Residual-stream layer for the crosscoder (default: the middle layer)."""
     crosscoder_options: dict[str, Any] = field(default_factory=dict)
     """Overrides of the crosscoder's config fields (e.g. dict_size, steps)."""
+    components: tuple[str, ...] = ()
+    """Module globs to decompose with SPD on the data (empty: the components lens is off)."""
+    components_steps: int = 2000
+    """SPD training steps for the components lens."""
     thresholds: AuditThresholds = field(default_factory=AuditThresholds)
     """Scoring thresholds."""
     fail_above: float | None = None
@@ -208,6 +212,40 @@ def _marked_token(text: str) -> str:
 
     start, end = text.find(MARK_OPEN), text.find(MARK_CLOSE)
     return text[start + len(MARK_OPEN):end].strip() if 0 <= start < end else ""
+
+
+def component_findings(deltas: list[Any], norms: dict[str, Any], thresholds: AuditThresholds) -> list[Finding]:
+    """Base components the fine-tune rescaled, and change no base component explains.
+
+    Args:
+        deltas: ``match.ComponentDelta`` per decomposed module (FT expressed in BASE's components).
+        norms: module -> Frobenius norm of each base component (``ModuleComponents.norms_C``).
+        thresholds: how many findings per lens.
+    """
+    rows = []  # (size relative to the weight, delta, component, coefficient change)
+    for d in deltas:
+        for index, change in zip(d.indices, d.coef_change_K):
+            size = abs(float(change)) * float(norms[d.module][int(index)])
+            rows.append((size / max(d.base_norm, 1e-12), d, int(index), float(change)))
+    typical = statistics.median([r[0] for r in rows]) if rows else 0.0
+    out = []
+    for rel, d, index, change in sorted(rows, key=lambda r: -r[0])[: thresholds.weights_per_lens]:
+        verb = "strengthened" if change > 0 else "weakened"
+        out.append(Finding("components", rel / (OUTLIER_FACTOR * typical) if typical > 0 else 1.0,
+                           f"component {index} of {d.module} was {verb} ({change:+.2f} of itself, "
+                           f"{100 * rel:.1f}% of the weight's norm)", frozenset(), tensor=d.module,
+                           evidence={"module": d.module, "component": index, "coef_change": change, "rel": rel}))
+    changes = [d.delta_norm / max(d.base_norm, 1e-12) for d in deltas]
+    typical_change = statistics.median(changes) if changes else 0.0
+    for d in deltas:
+        rel = d.residual_norm / max(d.base_norm, 1e-12)
+        score = rel / (OUTLIER_FACTOR * typical_change) if typical_change > 0 else 0.0
+        out.append(Finding("components", score,
+                           f"{100 * d.unexplained_fraction:.0f}% of the change in {d.module} is explained by no base "
+                           f"component (a new mechanism; {100 * rel:.1f}% of the weight's norm)", frozenset(),
+                           tensor=d.module, evidence={"module": d.module, "unexplained_fraction": d.unexplained_fraction,
+                                                      "residual_rel": rel}))
+    return out
 
 
 def merge_findings(lenses: dict[str, list[Finding]], thresholds: AuditThresholds, fail_above: float | None,
