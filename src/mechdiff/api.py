@@ -271,6 +271,7 @@ def decompose_model(
     seed: int = 0,
     overrides: dict | None = None,
     progress: bool = True,
+    checkpointing: object | None = None,
 ) -> dict:
     """Stochastic parameter decomposition of a local HF model's modules, or of a toy model.
 
@@ -284,6 +285,7 @@ def decompose_model(
         seed: random seed.
         overrides: SPDConfig fields to change (None values are ignored).
         progress: progress bars on stderr.
+        checkpointing: ``spd_checkpoint.Checkpointing`` to save / resume a long run.
 
     Returns:
         A JSON-able summary (toy: the ground-truth metrics).
@@ -298,13 +300,14 @@ def decompose_model(
         from mechdiff.weightdecomp.toy import TOY_CONFIGS, run_toy
 
         config = dataclasses.replace(TOY_CONFIGS[toy], seed=seed, **changes)
-        report = run_toy(toy, config, seed=seed, progress=progress)
+        report = run_toy(toy, config, seed=seed, progress=progress, checkpointing=checkpointing)
         decomposition, document = report.decomposition, report.to_json()
     else:
         from mechdiff.weightdecomp.hf import decompose_hf
 
         config = dataclasses.replace(SPDConfig(), seed=seed, **changes)
-        decomposition = decompose_hf(model, module_globs or [], data, config, progress=progress)
+        decomposition = decompose_hf(model, module_globs or [], data, config, progress=progress,
+                                     checkpointing=checkpointing)
         document = {"modules": list(decomposition.modules), "n_alive": decomposition.n_alive(),
                     "config": decomposition.config.to_dict()}
     if out_path is not None:

@@ -217,11 +217,15 @@ def crosscoder(base: str, ft: str, data: str, layer: int, site: str, out: str | 
 @click.option("--components", type=click.IntRange(1), default=None, help="Subcomponents per matrix.")
 @click.option("--steps", type=click.IntRange(1), default=None, help="Training steps.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--checkpoint-dir", type=click.Path(), help="Save training checkpoints here.")
+@click.option("--checkpoint-every", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in --checkpoint-dir.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 @handle_errors
 def decompose(model: str | None, toy: str | None, globs: tuple[str, ...], data: str | None, out: str | None,
-              components: int | None, steps: int | None, seed: int, as_json: bool, no_progress: bool) -> None:
+              components: int | None, steps: int | None, seed: int, checkpoint_dir: str | None,
+              checkpoint_every: int, resume: bool, as_json: bool, no_progress: bool) -> None:
     """Stochastic parameter decomposition of MODEL's --modules (or of a --toy model with ground truth)."""
     from mechdiff.api import decompose_model
 
@@ -229,8 +233,18 @@ def decompose(model: str | None, toy: str | None, globs: tuple[str, ...], data: 
         raise click.UsageError("give either MODEL (with --modules and --data) or --toy NAME")
     if model is not None and (not globs or data is None):
         raise click.UsageError("decomposing MODEL needs --modules GLOB and --data FILE")
+    if resume and not checkpoint_dir:
+        raise click.UsageError("--resume needs --checkpoint-dir")
+    checkpointing = None
+    if checkpoint_dir:
+        from pathlib import Path
+
+        from mechdiff.weightdecomp.spd_checkpoint import Checkpointing
+
+        checkpointing = Checkpointing(Path(checkpoint_dir), every=checkpoint_every, resume=resume)
     document = decompose_model(model, toy=toy, module_globs=list(globs), data=data, out=out, seed=seed,
-                               overrides={"n_components": components, "steps": steps}, progress=not no_progress)
+                               overrides={"n_components": components, "steps": steps}, progress=not no_progress,
+                               checkpointing=checkpointing)
     emit_json(document) if as_json else click.echo(json.dumps(document, indent=2, default=str))
 
 

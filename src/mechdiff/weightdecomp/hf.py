@@ -13,6 +13,7 @@ from mechdiff.errors import InputError
 from mechdiff.models import load_causal_lm
 from mechdiff.weightdecomp.decomposition import Decomposition
 from mechdiff.weightdecomp.spd import decompose_module
+from mechdiff.weightdecomp.spd_checkpoint import Checkpointing
 from mechdiff.weightdecomp.spd_config import SPDConfig
 
 
@@ -52,6 +53,7 @@ def decompose_hf(
     seq_len: int = 64,
     batch_sequences: int = 8,
     progress: bool = False,
+    checkpointing: Checkpointing | None = None,
 ) -> Decomposition:
     """SPD of chosen weights of a local causal LM, KL between masked and original next-token distributions.
 
@@ -73,4 +75,5 @@ def decompose_hf(
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read the data file {data_file}: {exc}") from exc
     batches = token_batches(tokenizer, text, seq_len, batch_sequences)
-    return decompose_module(model, module_globs, batches, config, "kl", forward=_lm_forward, progress=progress)
+    return decompose_module(model, module_globs, batches, config, "kl", forward=_lm_forward, progress=progress,
+                            checkpointing=checkpointing)

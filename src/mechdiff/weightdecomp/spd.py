@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from mechdiff.errors import InputError
+from mechdiff.weightdecomp import spd_checkpoint
 from mechdiff.weightdecomp.ci import (
     hard_sigmoid,
     lower_leaky_hard_sigmoid,
@@ -35,6 +36,7 @@ from mechdiff.weightdecomp.components import (
     weight_out_in,
 )
 from mechdiff.weightdecomp.decomposition import Decomposition, ModuleComponents
+from mechdiff.weightdecomp.spd_checkpoint import Checkpointing
 from mechdiff.weightdecomp.spd_config import SPDConfig
 from mechdiff.weightdecomp.spd_losses import (
     OutputDistance,
@@ -218,6 +220,7 @@ def decompose_module(
     forward: ForwardFn | None = None,
     progress: bool = False,
     log_every: int = 100,
+    checkpointing: Checkpointing | None = None,
 ) -> Decomposition:
     """Decompose the chosen weights of ``model`` into rank-1 subcomponents with SPD.
 
@@ -233,6 +236,7 @@ def decompose_module(
             and takes ``.logits`` when present.
         progress: show a progress bar on stderr.
         log_every: record the loss terms every this many steps in ``history``.
+        checkpointing: save every N steps / resume a saved run (same config and data order).
 
     Returns:
         The trained :class:`Decomposition` with alive frequencies and mean
@@ -241,24 +245,37 @@ def decompose_module(
     trainer = SPDTrainer(model, module_globs, config, output, forward)
     stream = _batch_stream(data_iter)
     try:
-        history = train(trainer, stream, progress=progress, log_every=log_every)
+        history = train(trainer, stream, progress=progress, log_every=log_every, checkpointing=checkpointing)
         stats = trainer.ci_statistics(next(stream) for _ in range(config.eval_batches))
     finally:
         trainer.hooks.remove()
     return trainer.decomposition(stats, history)
 
 
-def train(trainer: SPDTrainer, stream: Iterator[Any], *, progress: bool, log_every: int) -> list[dict[str, float]]:
-    """Run ``config.steps`` SPD steps; return the logged loss history."""
+def train(trainer: SPDTrainer, stream: Iterator[Any], *, progress: bool, log_every: int,
+          checkpointing: Checkpointing | None = None) -> list[dict[str, float]]:
+    """Run ``config.steps`` SPD steps (continuing a checkpoint when asked); return the logged loss history."""
     from tqdm import tqdm
 
-    history = []
+    steps = trainer.config.steps
+    first, history = 0, []
+    if checkpointing is not None and checkpointing.resume:
+        first, history = spd_checkpoint.restore(trainer, checkpointing.directory)
+        for _ in range(first):  # the same batches in the same order as an uninterrupted run
+            next(stream)
+    last = steps if checkpointing is None or checkpointing.stop_after is None else min(steps, checkpointing.stop_after)
     start = time.perf_counter()
-    bar = tqdm(range(trainer.config.steps), file=sys.stderr, disable=not progress, desc="SPD", mininterval=1.0)
+    bar = tqdm(range(first, last), file=sys.stderr, disable=not progress, desc="SPD", mininterval=1.0)
     for step in bar:
         losses = trainer.step(next(stream), step)
-        if step % log_every == 0 or step == trainer.config.steps - 1:
+        if step % log_every == 0 or step == steps - 1:
             row = {"step": step, "seconds": time.perf_counter() - start, **losses.as_floats()}
             history.append(row)
             bar.set_postfix(total=f"{row['total']:.3g}", recon=f"{row['stochastic_recon']:.3g}")
+        if checkpointing is not None and _due(checkpointing, step + 1, last):
+            spd_checkpoint.save(trainer, checkpointing.directory, step + 1, history)
     return history
+
+
+def _due(checkpointing: Checkpointing, done: int, last: int) -> bool:
+    return done == last or (checkpointing.every > 0 and done % checkpointing.every == 0)

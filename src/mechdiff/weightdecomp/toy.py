@@ -14,6 +14,7 @@ import torch
 from mechdiff.errors import InputError
 from mechdiff.weightdecomp.decomposition import Decomposition, ModuleComponents
 from mechdiff.weightdecomp.spd import decompose_module
+from mechdiff.weightdecomp.spd_checkpoint import Checkpointing
 from mechdiff.weightdecomp.spd_config import SPDConfig
 from mechdiff.weightdecomp.toy_models import (
     ResidMLPTask,
@@ -177,7 +178,8 @@ def _setup(name: str, seed: int) -> _ToySetup:
                      task.probability, -1.0, task.n_features)
 
 
-def run_toy(name: str, config: SPDConfig | None = None, *, seed: int = 0, progress: bool = True) -> ToyReport:
+def run_toy(name: str, config: SPDConfig | None = None, *, seed: int = 0, progress: bool = True,
+            checkpointing: Checkpointing | None = None) -> ToyReport:
     """Train a toy model with known features and its SPD decomposition; score it.
 
     Args:
@@ -194,7 +196,7 @@ def run_toy(name: str, config: SPDConfig | None = None, *, seed: int = 0, progre
         raise InputError(f"unknown toy model {name!r}; choose one of {', '.join(TOYS)}")
     config = config or replace(TOY_CONFIGS[name], seed=seed)
     with _torch_threads(1):
-        return _run_toy(name, config, seed, progress)
+        return _run_toy(name, config, seed, progress, checkpointing)
 
 
 @contextmanager
@@ -208,13 +210,15 @@ def _torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _run_toy(name: str, config: SPDConfig, seed: int, progress: bool) -> ToyReport:
+def _run_toy(name: str, config: SPDConfig, seed: int, progress: bool,
+             checkpointing: Checkpointing | None = None) -> ToyReport:
     t0 = time.perf_counter()
     setup = _setup(name, seed)
     target_seconds = time.perf_counter() - t0
     t1, cpu1 = time.perf_counter(), time.process_time()
     decomp = decompose_tms_like(setup.model, setup.globs, setup.n_features, config, seed=seed,
-                                probability=setup.probability, low=setup.low, progress=progress)
+                                probability=setup.probability, low=setup.low, progress=progress,
+                                checkpointing=checkpointing)
     seconds, cpu_seconds = time.perf_counter() - t1, time.process_time() - cpu1
     return _score(name, setup, decomp, seconds, cpu_seconds, target_seconds)
 
@@ -222,6 +226,7 @@ def _run_toy(name: str, config: SPDConfig, seed: int, progress: bool) -> ToyRepo
 def decompose_tms_like(
     model: torch.nn.Module, module_globs: list[str], n_features: int, config: SPDConfig, *,
     seed: int = 0, probability: float = 0.05, low: float = 0.0, progress: bool = False,
+    checkpointing: Checkpointing | None = None,
 ) -> Decomposition:
     """SPD of a toy model fed sparse features (MSE output distance), single-threaded.
 
@@ -234,13 +239,15 @@ def decompose_tms_like(
         probability: feature firing probability.
         low: feature values ~ U(low, 1).
         progress: show a progress bar on stderr.
+        checkpointing: save / resume long runs.
 
     Returns:
         The :class:`Decomposition`.
     """
     data = feature_batches(config.batch_size, n_features, probability, seed + 1, low, at_least_one=AT_LEAST_ONE)
     with _torch_threads(1):
-        return decompose_module(model, module_globs, data, config, "mse", progress=progress)
+        return decompose_module(model, module_globs, data, config, "mse", progress=progress,
+                                checkpointing=checkpointing)
 
 
 def _score(name: str, setup: _ToySetup, decomp: Decomposition, seconds: float, cpu_seconds: float,
