@@ -130,8 +130,7 @@ def audit_checkpoints(
     lenses = {"weights": weight_findings(diff, config.thresholds), "heads": head_findings(diff, config.thresholds)}
     behaviour, crosscoder, decomposition, component_deltas = None, None, None, []
     if data is not None and adapter is None and _runnable(base) and _runnable(ft):
-        behaviour, crosscoder = _run_model_lenses(base, ft, data, config, progress)
-        decomposition, component_deltas = _run_components_lens(base, ft, data, config, progress)
+        behaviour, crosscoder, decomposition, component_deltas = _run_model_lenses(base, ft, data, config, progress)
         if behaviour is not None:
             lenses["behaviour"] = behaviour_findings(behaviour)
         if crosscoder is not None:
@@ -156,48 +155,47 @@ def _runnable(path: str | os.PathLike | None) -> bool:
 
 def _run_model_lenses(base: str | os.PathLike, ft: str | os.PathLike, data: str | os.PathLike,
                       config: AuditConfig, progress: bool) -> tuple:
+    """Behaviour, crosscoder and components lenses on one loaded copy of each model."""
     from mechdiff.diffing.activations import read_texts
-    from mechdiff.diffing.behaviour import behaviour_diff
-    from mechdiff.diffing.crosscoder_pipeline import run_crosscoder
+    from mechdiff.diffing.behaviour import BehaviourConfig, behaviour_diff
+    from mechdiff.diffing.crosscoder_pipeline import crosscoder_on_models
     from mechdiff.models import load_model_pair
 
     texts = read_texts(data)
-    behaviour = None
+    device = (config.behaviour or BehaviourConfig()).device
+    base_model, ft_model, base_tok, ft_tok = load_model_pair(base, ft, device)
+    behaviour = crosscoder = None
     if config.behaviour is not None:
-        base_model, ft_model, base_tok, ft_tok = load_model_pair(base, ft, config.behaviour.device)
         behaviour = behaviour_diff(base_model, ft_model, (base_tok, ft_tok), texts, config.behaviour)
-        del base_model, ft_model
-    crosscoder = None
     if config.crosscoder:
         model_config = read_config(Path(base)) or {}
         layer = config.crosscoder_layer if config.crosscoder_layer is not None else _middle_layer(model_config)
         cc_config = audit_crosscoder_config(_hidden_size(model_config), _approx_tokens(texts),
                                             config.crosscoder_options)
-        crosscoder = run_crosscoder(base, ft, data, layer, cc_config, progress=progress)
-    return behaviour, crosscoder
+        crosscoder = crosscoder_on_models(base_model, ft_model, (base_tok, ft_tok), texts, layer, cc_config,
+                                          device=device, progress=progress)
+    decomposition, deltas = _components_lens(base_model, ft_model, base_tok, texts, config, progress)
+    return behaviour, crosscoder, decomposition, deltas
 
 
-def _run_components_lens(base: str | os.PathLike, ft: str | os.PathLike, data: str | os.PathLike,
-                         config: AuditConfig, progress: bool) -> tuple:
+def _components_lens(base_model: object, ft_model: object, tokenizer: object, texts: list[str],
+                     config: AuditConfig, progress: bool) -> tuple:
     """SPD of BASE's chosen modules on the data; FT's weights expressed in those components."""
     if not config.components:
         return None, []
     import dataclasses
 
-    from mechdiff.models import load_causal_lm
     from mechdiff.weightdecomp.components import find_targets, weight_out_in
-    from mechdiff.weightdecomp.hf import decompose_hf
+    from mechdiff.weightdecomp.hf import decompose_lm
     from mechdiff.weightdecomp.match import delta_in_components
     from mechdiff.weightdecomp.spd_config import SPDConfig
 
     spd_config = dataclasses.replace(SPDConfig(), steps=config.components_steps)
-    decomposition = decompose_hf(base, list(config.components), data, spd_config, progress=progress)
-    ft_model, _ = load_causal_lm(ft)
+    decomposition = decompose_lm(base_model, tokenizer, list(config.components), "\n".join(texts), spd_config,
+                                 progress=progress)
     targets = find_targets(ft_model, list(config.components))
-    deltas = []
-    for name, module in decomposition.modules.items():
-        w_ft = weight_out_in(targets[name], module.kind).detach().float().numpy()
-        deltas.append(delta_in_components(module, w_ft))
+    deltas = [delta_in_components(module, weight_out_in(targets[name], module.kind).detach().float().cpu().numpy())
+              for name, module in decomposition.modules.items()]
     return decomposition, deltas
 
 

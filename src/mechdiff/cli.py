@@ -60,6 +60,13 @@ def _caused_by_interrupt(exc: BaseException | None) -> bool:
     return False
 
 
+def checkpoint_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--checkpoint-dir / --checkpoint-every / --resume, shared by the long-running commands."""
+    fn = click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in --checkpoint-dir.")(fn)
+    fn = click.option("--checkpoint-every", type=click.IntRange(0), default=0, show_default=True)(fn)
+    return click.option("--checkpoint-dir", type=click.Path(), help="Save training checkpoints here.")(fn)
+
+
 def emit_json(document: dict) -> None:
     click.echo(json.dumps(document, indent=2, default=str))
 
@@ -181,9 +188,7 @@ def _print_audit(document: dict, top: int | None, as_json: bool) -> None:
 @click.option("--sparsity", type=click.Choice(["batchtopk", "l1"]), default="batchtopk", show_default=True)
 @click.option("--tokens", type=click.IntRange(1), default=None, help="Training rows (token positions).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--checkpoint-dir", type=click.Path(), help="Save training checkpoints here.")
-@click.option("--checkpoint-every", type=click.IntRange(0), default=0, show_default=True)
-@click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in --checkpoint-dir.")
+@checkpoint_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 @handle_errors
@@ -217,9 +222,7 @@ def crosscoder(base: str, ft: str, data: str, layer: int, site: str, out: str | 
 @click.option("--components", type=click.IntRange(1), default=None, help="Subcomponents per matrix.")
 @click.option("--steps", type=click.IntRange(1), default=None, help="Training steps.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--checkpoint-dir", type=click.Path(), help="Save training checkpoints here.")
-@click.option("--checkpoint-every", type=click.IntRange(0), default=0, show_default=True)
-@click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in --checkpoint-dir.")
+@checkpoint_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 @handle_errors

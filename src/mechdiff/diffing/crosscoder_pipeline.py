@@ -166,9 +166,32 @@ def run_crosscoder(base_dir: str | Path, ft_dir: str | Path, data_file: str | Pa
     Raises:
         InputError: unreadable models or data, tokenizer mismatch, layer out of range.
     """
-    config = config or CrosscoderConfig()
     texts = read_texts(data_file)
     base, ft, base_tok, ft_tok = load_model_pair(base_dir, ft_dir, device)
+    return crosscoder_on_models(base, ft, (base_tok, ft_tok), texts, layer, config, site_kind=site_kind,
+                                activations=activations, device=device, top_n=top_n, checkpoint_dir=checkpoint_dir,
+                                checkpoint_every=checkpoint_every, resume=resume, progress=progress)
+
+
+def crosscoder_on_models(base: Any, ft: Any, tokenizers: tuple[Any, Any], texts: list[str], layer: int,
+                         config: CrosscoderConfig | None = None, *, site_kind: str = "resid",
+                         activations: ActivationConfig | None = None, device: str = "cpu", top_n: int = 10,
+                         checkpoint_dir: str | Path | None = None, checkpoint_every: int = 0, resume: bool = False,
+                         progress: bool = True) -> CrosscoderResult:
+    """`run_crosscoder` on models already loaded (the audit shares them across its lenses).
+
+    Args:
+        base: base causal LM; ft: fine-tuned causal LM (any nn.Module the collector can hook).
+        tokenizers: (base tokenizer, ft tokenizer); they must agree on the texts.
+        texts: documents.
+        layer, config, site_kind, activations, device, top_n, checkpoint_dir, checkpoint_every, resume,
+            progress: as in `run_crosscoder`.
+
+    Returns:
+        The analysed result.
+    """
+    config = config or CrosscoderConfig()
+    base_tok, ft_tok = tokenizers
     site = ActivationSite(layer=layer, kind=site_kind)
     with tempfile.TemporaryDirectory(prefix="mechdiff-acts-") as tmp:
         act_config = activations or ActivationConfig(max_tokens=config.tokens, device=device,

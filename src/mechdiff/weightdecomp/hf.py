@@ -74,6 +74,23 @@ def decompose_hf(
         text = Path(data_file).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read the data file {data_file}: {exc}") from exc
+    return decompose_lm(model, tokenizer, module_globs, text, config, seq_len=seq_len,
+                        batch_sequences=batch_sequences, progress=progress, checkpointing=checkpointing)
+
+
+def decompose_lm(model: nn.Module, tokenizer: Any, module_globs: list[str], text: str, config: SPDConfig, *,
+                 seq_len: int = 64, batch_sequences: int = 8, progress: bool = False,
+                 checkpointing: Checkpointing | None = None) -> Decomposition:
+    """`decompose_hf` on a model already loaded (its parameters are set to requires_grad=False).
+
+    Args:
+        model: a causal LM returning ``.logits``; tokenizer: its tokenizer.
+        module_globs, config, seq_len, batch_sequences, progress, checkpointing: as in `decompose_hf`.
+        text: the corpus as one string.
+
+    Returns:
+        The :class:`Decomposition` (output distance 'kl').
+    """
     batches = token_batches(tokenizer, text, seq_len, batch_sequences)
     return decompose_module(model, module_globs, batches, config, "kl", forward=_lm_forward, progress=progress,
                             checkpointing=checkpointing)
