@@ -5,6 +5,7 @@ Outside torchrun (no WORLD_SIZE > 1 in the environment) everything here is a no-
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -51,7 +52,21 @@ def init_from_env(device: str = "cpu") -> DistContext:
         if backend == "nccl":
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend=backend)
+        atexit.register(_destroy_group)
     return DistContext(dist.get_rank(), dist.get_world_size(), local_rank)
+
+
+def _destroy_group() -> None:
+    """Tear the process group down while the interpreter is still whole.
+
+    Why: left to interpreter finalization, gloo's worker threads can release tensors
+    after Python is gone and the process dies of SIGABRT (pytorch/pytorch#179291);
+    under load this failed one rank of a finished, correct run.
+    """
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def shard_by_size(sizes: list[int], world: int) -> list[list[int]]:
