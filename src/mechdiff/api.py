@@ -21,7 +21,7 @@ from mechdiff.diffing.audit import (
 )
 from mechdiff.diffing.weights import DiffConfig, diff_sources
 from mechdiff.diffing.weights_result import WeightDiff
-from mechdiff.distributed import barrier, init_from_env
+from mechdiff.distributed import barrier, init_from_env, rank_device
 from mechdiff.progress import progress_bar
 from mechdiff.store import ResultsWriter, check_output_path
 
@@ -329,8 +329,11 @@ def train_crosscoder_pair(
     checkpoint_every: int = 0,
     resume: bool = False,
     progress: bool = True,
-) -> dict:
+) -> dict | None:
     """Crosscoder on paired activations of two local HF models, written to a results file.
+
+    Under torchrun the ranks share the corpus and the training (see `run_crosscoder`);
+    rank 0 alone writes the file and returns the summary (the other ranks return None).
 
     Args:
         base: base model folder; ft: fine-tuned model folder.
@@ -357,13 +360,18 @@ def train_crosscoder_pair(
         config = audit_crosscoder_config(_hidden_size(model_config), _approx_tokens(read_texts(data)), overrides)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
-    result = run_crosscoder(base, ft, data, layer, config, site_kind=site, device=device,
+    ctx = init_from_env(device)
+    result = run_crosscoder(base, ft, data, layer, config, site_kind=site, device=rank_device(device, ctx),
                             checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume,
-                            progress=progress)
+                            progress=progress, ctx=ctx)
+    if not ctx.is_main:
+        barrier(ctx)
+        return None
     if out_path is not None:
         base_source, ft_source = open_source(base), open_source(ft)
         with ResultsWriter(out_path, command=shlex.join(["mechdiff", *sys.argv[1:]]),
                            inputs={"base": str(base), "ft": str(ft), "data": str(data)},
                            fingerprints={"base": base_source.fingerprint(), "ft": ft_source.fingerprint()}) as writer:
             result.write(writer)
+    barrier(ctx)
     return result.to_json()

@@ -204,6 +204,8 @@ def crosscoder(base: str, ft: str, data: str, layer: int, site: str, out: str | 
     summary = train_crosscoder_pair(base, ft, data, layer, site=site, out=out, options=options, device=device,
                                     checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
                                     resume=resume, progress=not no_progress)
+    if summary is None:  # torchrun ranks other than 0
+        return
     if as_json:
         emit_json(summary)
     else:

@@ -32,6 +32,10 @@ class DistContext:
         return self.world > 1
 
 
+SINGLE = DistContext()
+"""The context of a run without torchrun: rank 0 of 1."""
+
+
 def init_from_env(device: str = "cpu") -> DistContext:
     """Join the process group torchrun describes (gloo on CPU, NCCL on CUDA); no-op without one.
 
@@ -48,8 +52,9 @@ def init_from_env(device: str = "cpu") -> DistContext:
 
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        backend = "nccl" if device.startswith("cuda") else "gloo"
-        if backend == "nccl":
+        # CUDA tensors go over NCCL; CPU tensors (crosscoder statistics, gathered objects) over gloo
+        backend = "cpu:gloo,cuda:nccl" if device.startswith("cuda") else "gloo"
+        if device.startswith("cuda"):
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend=backend)
         atexit.register(_destroy_group)
@@ -67,6 +72,13 @@ def _destroy_group() -> None:
 
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def rank_device(device: str, ctx: DistContext) -> str:
+    """The device this rank runs on: "cuda" means this rank's GPU (LOCAL_RANK) under torchrun."""
+    if ctx.active and device == "cuda":
+        return f"cuda:{ctx.local_rank}"
+    return device
 
 
 def shard_by_size(sizes: list[int], world: int) -> list[list[int]]:
@@ -97,6 +109,68 @@ def gather_to_main(ctx: DistContext, obj: T) -> list[T] | None:
     gathered: list[Any] | None = [None] * ctx.world if ctx.is_main else None
     dist.gather_object(obj, gathered, dst=0)
     return gathered
+
+
+def all_gather(ctx: DistContext, obj: T) -> list[T]:
+    """One picklable object per rank, on every rank (in rank order); [obj] on one rank."""
+    if not ctx.active:
+        return [obj]
+    import torch.distributed as dist
+
+    gathered: list[Any] = [None] * ctx.world
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+_OPS = {"sum": "SUM", "min": "MIN", "max": "MAX"}
+
+
+def all_reduce(ctx: DistContext, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """Reduce `tensor` in place across ranks ("sum", "min" or "max") and return it."""
+    if ctx.active:
+        import torch.distributed as dist
+
+        dist.all_reduce(tensor, op=getattr(dist.ReduceOp, _OPS[op]))
+    return tensor
+
+
+def average_gradients(ctx: DistContext, params: list[torch.nn.Parameter]) -> None:
+    """Replace each gradient by its mean over ranks: one all-reduce of one flat buffer.
+
+    What DistributedDataParallel does, for modules whose training step is not a single
+    forward() (the crosscoder's sparse encode/decode). Parameters without a gradient
+    are skipped; every rank must run the same code path so the sets agree.
+    """
+    if not ctx.active:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    flat = all_reduce(ctx, torch.cat([g.reshape(-1) for g in grads]))
+    flat /= ctx.world
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def broadcast_module(ctx: DistContext, module: torch.nn.Module) -> None:
+    """Copy rank 0's parameters and buffers to every rank (identical starting points)."""
+    if not ctx.active:
+        return
+    import torch.distributed as dist
+
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(tensor.data, src=0)
+
+
+def strided_shard(n_items: int, ctx: DistContext) -> list[int]:
+    """Indices rank, rank + world, ... of n_items: this rank's share of an ordered list."""
+    return list(range(ctx.rank, n_items, ctx.world))
+
+
+def share_of(total: int, ctx: DistContext) -> int:
+    """This rank's part of a budget split as evenly as integers allow."""
+    return total // ctx.world + (ctx.rank < total % ctx.world)
 
 
 def barrier(ctx: DistContext) -> None:

@@ -31,8 +31,10 @@ class PairedActivations:
         pos: [N] int64 position of the row's token in its document.
         token: [N] int64 token id.
         scales: [M] multiplier per model that brings the mean activation norm to sqrt(D).
-        documents: token ids of every document (for showing contexts).
+        documents: token ids of every document held here (for showing contexts).
         chunk_rows: rows per shuffled chunk when streaming.
+        doc_global: corpus index of each entry of `documents` when this holds one rank's
+            share of a corpus (None: documents[i] is document i); `doc` holds corpus indices.
     """
 
     acts: torch.Tensor | h5py.Dataset
@@ -42,6 +44,16 @@ class PairedActivations:
     scales: torch.Tensor
     documents: list[np.ndarray]
     chunk_rows: int = 65536
+    doc_global: np.ndarray | None = None
+
+    def document(self, doc_id: int) -> np.ndarray | None:
+        """Token ids of corpus document doc_id, or None when it is not held here."""
+        if self.doc_global is None:
+            return self.documents[doc_id] if 0 <= doc_id < len(self.documents) else None
+        where = np.searchsorted(self.doc_global, doc_id)
+        if where < len(self.doc_global) and self.doc_global[where] == doc_id:
+            return self.documents[where]
+        return None
 
     @property
     def n_rows(self) -> int:

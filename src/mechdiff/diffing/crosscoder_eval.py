@@ -14,6 +14,7 @@ from mechdiff.diffing.activation_store import PairedActivations
 from mechdiff.diffing.crosscoder import CrossCoder
 from mechdiff.diffing.crosscoder_metrics import classify, decoder_cosine, relative_norm
 from mechdiff.diffing.latent_scaling import LatentScalingAccumulator, scaling_ratios
+from mechdiff.distributed import SINGLE, DistContext, all_gather, all_reduce
 from mechdiff.kernels import TopN
 
 
@@ -35,6 +36,8 @@ class CrosscoderEval:
     """[F, n] their documents (-1: empty)."""
     top_pos: np.ndarray
     """[F, n] their positions."""
+    n_rows: int = 0
+    """Rows evaluated (all ranks together)."""
 
 
 class _Moments:
@@ -53,6 +56,12 @@ class _Moments:
         self.sum_x2 += x.pow(2).sum(dim=(0, 2))
         self.n += x.shape[0]
 
+    def reduce(self, ctx: DistContext) -> None:
+        """Sum the moments over ranks."""
+        for tensor in (self.err, self.sum_x, self.sum_x2):
+            all_reduce(ctx, tensor)
+        self.n = int(all_reduce(ctx, torch.tensor([self.n], dtype=torch.int64))[0])
+
     def fve(self) -> tuple[float, ...]:
         var = self.sum_x2 - self.sum_x.pow(2).sum(dim=-1) / max(self.n, 1)
         return tuple(float(v) for v in 1 - self.err / var.clamp_min(1e-12))
@@ -60,16 +69,19 @@ class _Moments:
 
 @torch.no_grad()
 def evaluate_crosscoder(
-    module: CrossCoder, data: PairedActivations, *, batch: int = 4096, top_n: int = 10, progress: bool = True
+    module: CrossCoder, data: PairedActivations, *, batch: int = 4096, top_n: int = 10, progress: bool = True,
+    ctx: DistContext = SINGLE,
 ) -> CrosscoderEval:
     """Measure a trained crosscoder on all rows of the data (storage order, one pass).
 
     Args:
         module: trained crosscoder (its input scale normalizes the raw rows).
-        data: paired activations with provenance.
+        data: paired activations with provenance (under torchrun: this rank's share).
         batch: rows per forward.
         top_n: contexts kept per latent.
         progress: show a bar on stderr.
+        ctx: the distributed context; sums are all-reduced and top examples merged, so
+            every rank returns the evaluation of all ranks' rows together.
 
     Returns:
         Metrics, the per-latent table and top-activation provenance.
@@ -84,7 +96,7 @@ def evaluate_crosscoder(
     total = torch.zeros(n_latents, dtype=torch.float64)
     top = TopN(n_latents, top_n)
     for start, raw in tqdm(data.iter_rows(batch), total=-(-data.n_rows // batch), desc="evaluate", unit="batch",
-                           disable=not progress, file=sys.stderr):
+                           disable=not (progress and ctx.is_main), file=sys.stderr):
         x_BMD = module.normalize(raw)
         recon_BMD, code = module(x_BMD)
         moments.update(x_BMD, recon_BMD)
@@ -93,7 +105,19 @@ def evaluate_crosscoder(
         scaling.update(code, x_BMD, recon_BMD)
         rows = start + _rows(code)
         top.update(code.indices.numpy(), code.values.numpy(), data.doc[rows], data.pos[rows])
-    return _finish(module, data.n_rows, moments, count, total, scaling, specific, delta, top)
+    if ctx.active:
+        moments.reduce(ctx)
+        for tensor in (count, total, scaling.sum_f2, scaling.sum_f_err, scaling.sum_f_recon):
+            all_reduce(ctx, tensor)
+        top = _merged(all_gather(ctx, top.state_dict()))
+    return _finish(module, moments.n, moments, count, total, scaling, specific, delta, top)
+
+
+def _merged(states: list[dict[str, np.ndarray]]) -> TopN:
+    merged = TopN.from_state(states[0])
+    for state in states[1:]:
+        merged = merged.merge(TopN.from_state(state))
+    return merged
 
 
 def _rows(code: Any) -> np.ndarray:
@@ -122,4 +146,5 @@ def _finish(module: CrossCoder, n_rows: int, moments: _Moments, count: torch.Ten
     }
     act, doc, pos = top.result()
     l0 = float(count.sum() / max(n_rows, 1))
-    return CrosscoderEval(moments.fve(), l0, float(np.mean(freq <= 0)), latents, np.asarray(act), np.asarray(doc), np.asarray(pos))
+    return CrosscoderEval(moments.fve(), l0, float(np.mean(freq <= 0)), latents, np.asarray(act), np.asarray(doc),
+                          np.asarray(pos), n_rows)

@@ -26,8 +26,10 @@ from mechdiff.diffing.crosscoder_config import CrosscoderConfig
 from mechdiff.diffing.crosscoder_contexts import context_text
 from mechdiff.diffing.crosscoder_eval import CrosscoderEval, evaluate_crosscoder
 from mechdiff.diffing.crosscoder_metrics import BASE_ONLY_MAX, FT_ONLY_MIN, SHARED_RANGE
+from mechdiff.diffing.crosscoder_shards import globalize, shard_corpus
 from mechdiff.diffing.crosscoder_summary import summary_json
 from mechdiff.diffing.train import train_crosscoder
+from mechdiff.distributed import SINGLE, DistContext, all_gather
 from mechdiff.models import load_model_pair
 
 GROUP = "crosscoder"
@@ -96,7 +98,7 @@ class CrosscoderResult:
 
 def analyze_crosscoder(module: CrossCoder, data: PairedActivations, config: CrosscoderConfig, *, site: str,
                        decode: Any = None, top_n: int = 10, history: list[dict[str, float]] | None = None,
-                       progress: bool = True) -> CrosscoderResult:
+                       progress: bool = True, ctx: DistContext = SINGLE) -> CrosscoderResult:
     """Evaluate a trained crosscoder and gather readable contexts.
 
     Args:
@@ -108,16 +110,19 @@ def analyze_crosscoder(module: CrossCoder, data: PairedActivations, config: Cros
         top_n: contexts kept per latent.
         history: training log to store.
         progress: bars on stderr.
+        ctx: the distributed context (data is this rank's share; every rank gets the whole result).
 
     Returns:
         The analysed result.
     """
-    evaluation = evaluate_crosscoder(module, data, batch=min(config.batch, 8192), top_n=top_n, progress=progress)
-    contexts = _contexts(evaluation, data, decode)
-    return CrosscoderResult(module, config, site, evaluation, contexts, data.n_rows, list(history or []))
+    evaluation = evaluate_crosscoder(module, data, batch=min(config.batch, 8192), top_n=top_n, progress=progress,
+                                     ctx=ctx)
+    contexts = _contexts(evaluation, data, decode, ctx)
+    return CrosscoderResult(module, config, site, evaluation, contexts, evaluation.n_rows,
+                            list(history or []))
 
 
-def _contexts(ev: CrosscoderEval, data: PairedActivations, decode: Any) -> dict[str, Any]:
+def _contexts(ev: CrosscoderEval, data: PairedActivations, decode: Any, ctx: DistContext) -> dict[str, Any]:
     cls = ev.latents["cls"].astype(str)
     live = np.nonzero(cls != "dead")[0]
     leaning = live[np.argsort(-ev.latents["delta"][live], kind="stable")[:LEANING_WITH_CONTEXTS]]
@@ -128,9 +133,12 @@ def _contexts(ev: CrosscoderEval, data: PairedActivations, decode: Any) -> dict[
             doc, pos = int(ev.top_doc[latent, rank]), int(ev.top_pos[latent, rank])
             if doc < 0:
                 break
-            text = context_text(data.documents[doc], pos, decode) if decode is not None and data.documents else ""
-            for key, value in zip(cols, (int(latent), rank, float(ev.top_act[latent, rank]), doc, pos, text)):
+            for key, value in zip(cols, (int(latent), rank, float(ev.top_act[latent, rank]), doc, pos, "")):
                 cols[key].append(value)
+    # each rank reads the contexts of the documents it holds
+    for texts in all_gather(ctx, _local_texts(cols["doc"], cols["pos"], data, decode)):
+        for row, text in texts.items():
+            cols["text"][row] = text
     return {
         "latent": np.asarray(cols["latent"], dtype=np.int64), "rank": np.asarray(cols["rank"], dtype=np.int64),
         "act": np.asarray(cols["act"], dtype=np.float32), "doc": np.asarray(cols["doc"], dtype=np.int64),
@@ -138,11 +146,22 @@ def _contexts(ev: CrosscoderEval, data: PairedActivations, decode: Any) -> dict[
     }
 
 
+def _local_texts(docs: list[int], positions: list[int], data: PairedActivations, decode: Any) -> dict[int, str]:
+    if decode is None:
+        return {}
+    texts = {}
+    for row, (doc, pos) in enumerate(zip(docs, positions)):
+        tokens = data.document(doc)
+        if tokens is not None:
+            texts[row] = context_text(tokens, pos, decode)
+    return texts
+
+
 def run_crosscoder(base_dir: str | Path, ft_dir: str | Path, data_file: str | Path, layer: int,
                    config: CrosscoderConfig | None = None, *, site_kind: str = "resid",
                    activations: ActivationConfig | None = None, device: str = "cpu", top_n: int = 10,
                    checkpoint_dir: str | Path | None = None, checkpoint_every: int = 0, resume: bool = False,
-                   progress: bool = True) -> CrosscoderResult:
+                   progress: bool = True, ctx: DistContext = SINGLE) -> CrosscoderResult:
     """Train a crosscoder on paired activations of two local models and analyse its latents.
 
     Args:
@@ -159,9 +178,12 @@ def run_crosscoder(base_dir: str | Path, ft_dir: str | Path, data_file: str | Pa
         checkpoint_every: steps between checkpoints (0: only at the end).
         resume: continue from the latest checkpoint in checkpoint_dir.
         progress: progress bars on stderr.
+        ctx: the distributed context: under torchrun each rank collects activations of
+            every world-th document (its share of config.tokens), training is data-parallel
+            and the evaluation is reduced over ranks (see `crosscoder_shards`, `train_step`).
 
     Returns:
-        The result; ``result.write(writer)`` stores it, ``result.to_json()`` summarises it.
+        The result (the same on every rank); ``result.write(writer)`` stores it, ``result.to_json()`` summarises it.
 
     Raises:
         InputError: unreadable models or data, tokenizer mismatch, layer out of range.
@@ -170,14 +192,14 @@ def run_crosscoder(base_dir: str | Path, ft_dir: str | Path, data_file: str | Pa
     base, ft, base_tok, ft_tok = load_model_pair(base_dir, ft_dir, device)
     return crosscoder_on_models(base, ft, (base_tok, ft_tok), texts, layer, config, site_kind=site_kind,
                                 activations=activations, device=device, top_n=top_n, checkpoint_dir=checkpoint_dir,
-                                checkpoint_every=checkpoint_every, resume=resume, progress=progress)
+                                checkpoint_every=checkpoint_every, resume=resume, progress=progress, ctx=ctx)
 
 
 def crosscoder_on_models(base: Any, ft: Any, tokenizers: tuple[Any, Any], texts: list[str], layer: int,
                          config: CrosscoderConfig | None = None, *, site_kind: str = "resid",
                          activations: ActivationConfig | None = None, device: str = "cpu", top_n: int = 10,
                          checkpoint_dir: str | Path | None = None, checkpoint_every: int = 0, resume: bool = False,
-                         progress: bool = True) -> CrosscoderResult:
+                         progress: bool = True, ctx: DistContext = SINGLE) -> CrosscoderResult:
     """`run_crosscoder` on models already loaded (the audit shares them across its lenses).
 
     Args:
@@ -185,7 +207,7 @@ def crosscoder_on_models(base: Any, ft: Any, tokenizers: tuple[Any, Any], texts:
         tokenizers: (base tokenizer, ft tokenizer); they must agree on the texts.
         texts: documents.
         layer, config, site_kind, activations, device, top_n, checkpoint_dir, checkpoint_every, resume,
-            progress: as in `run_crosscoder`.
+            progress, ctx: as in `run_crosscoder`.
 
     Returns:
         The analysed result.
@@ -196,8 +218,11 @@ def crosscoder_on_models(base: Any, ft: Any, tokenizers: tuple[Any, Any], texts:
     with tempfile.TemporaryDirectory(prefix="mechdiff-acts-") as tmp:
         act_config = activations or ActivationConfig(max_tokens=config.tokens, device=device,
                                                      cache_path=Path(tmp) / "activations.h5")
-        data = collect_activations(base, ft, (base_tok, ft_tok), texts, site=site, config=act_config, progress=progress)
+        texts, doc_ids, act_config = shard_corpus(texts, act_config, ctx)
+        data = collect_activations(base, ft, (base_tok, ft_tok), texts, site=site, config=act_config,
+                                   progress=progress and ctx.is_main)
+        data = globalize(data, doc_ids, act_config.scale_sample_rows, ctx)
         trained = train_crosscoder(data, config, checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
-                                   resume=resume, progress=progress)
+                                   resume=resume, progress=progress, ctx=ctx)
         return analyze_crosscoder(trained.module, data, config, site=site.describe(), decode=base_tok.decode,
-                                  top_n=top_n, history=trained.state.history, progress=progress)
+                                  top_n=top_n, history=trained.state.history, progress=progress, ctx=ctx)

@@ -24,7 +24,18 @@ from mechdiff.diffing.crosscoder_checkpoint import (
     save_checkpoint,
 )
 from mechdiff.diffing.crosscoder_config import CrosscoderConfig
+from mechdiff.distributed import (
+    SINGLE,
+    DistContext,
+    all_reduce,
+    average_gradients,
+    barrier,
+    broadcast_module,
+)
+from mechdiff.errors import UsageError
 from mechdiff.kernels import sparse_decode
+
+RANK_SEED_STRIDE = 7919  # each rank streams its own share in its own seeded order
 
 
 class BatchSource(Protocol):
@@ -95,19 +106,27 @@ def make_optimizer(module: CrossCoder, config: CrosscoderConfig) -> torch.optim.
 
 
 def train_step(
-    module: CrossCoder, optimizer: torch.optim.Optimizer, x_BMD: torch.Tensor, state: TrainState, config: CrosscoderConfig
+    module: CrossCoder, optimizer: torch.optim.Optimizer, x_BMD: torch.Tensor, state: TrainState,
+    config: CrosscoderConfig, ctx: DistContext = SINGLE,
 ) -> StepStats:
     """One optimizer step on a normalized batch; updates dead-latent counters and the threshold.
+
+    Under torchrun each rank passes its local batch (config.batch / world rows): gradients
+    are averaged over ranks, so the step is the one of the global batch, except that
+    BatchTopK selects its top batch*k activations within each rank's local batch. Firing
+    counters and the threshold's batch minimum are reduced over ranks, so every rank keeps
+    the same dead-latent set and threshold.
 
     Args:
         module: the crosscoder being trained.
         optimizer: its optimizer (learning rate is set here from the schedule).
-        x_BMD: [B, M, D] normalized activations.
+        x_BMD: [B, M, D] normalized activations (this rank's share of the batch).
         state: mutable training state (step, dead-latent counters).
         config: the run's configuration.
+        ctx: the distributed context (one rank by default).
 
     Returns:
-        The batch's metrics.
+        The batch's metrics (averaged over ranks).
     """
     for group in optimizer.param_groups:
         group["lr"] = lr_at(state.step, config)
@@ -117,13 +136,17 @@ def train_step(
     else:
         loss, recon_BMD, code = _l1_loss(module, x_BMD, l1_weight_at(state.step, config))
     loss.backward()
+    average_gradients(ctx, list(module.parameters()))
     optimizer.step()
-    _track_firing(state, code, x_BMD.shape[0])
+    _track_firing(state, code, x_BMD.shape[0], ctx)
     if config.sparsity == "batchtopk":
-        _update_threshold(module, code, config.threshold_momentum)
+        _update_threshold(module, code, config.threshold_momentum, ctx)
     state.step += 1
     dead = int((state.rows_since_fired >= config.dead_after_tokens).sum())
-    return StepStats(float(loss.detach()), fve_per_model(x_BMD, recon_BMD.detach()), float(code.row_counts().float().mean()), dead)
+    metrics = torch.tensor([float(loss.detach()), float(code.row_counts().float().mean()),
+                            *fve_per_model(x_BMD, recon_BMD.detach())], dtype=torch.float64)
+    metrics = all_reduce(ctx, metrics) / ctx.world
+    return StepStats(float(metrics[0]), tuple(float(v) for v in metrics[2:]), float(metrics[1]), dead)
 
 
 def _batchtopk_loss(
@@ -172,18 +195,19 @@ def _l1_loss(module: CrossCoder, x_BMD: torch.Tensor, l1_weight: float) -> tuple
     return recon_loss + l1_weight * penalty, recon_BMD, code
 
 
-def _track_firing(state: TrainState, code: SparseCode, n_rows: int) -> None:
-    fired_F = torch.bincount(code.indices, minlength=state.rows_since_fired.numel()) > 0
-    state.rows_since_fired += n_rows
+def _track_firing(state: TrainState, code: SparseCode, n_rows: int, ctx: DistContext) -> None:
+    fired_F = all_reduce(ctx, torch.bincount(code.indices, minlength=state.rows_since_fired.numel()), "max") > 0
+    state.rows_since_fired += n_rows * ctx.world
     state.rows_since_fired[fired_F] = 0
 
 
 @torch.no_grad()
-def _update_threshold(module: CrossCoder, code: SparseCode, momentum: float) -> None:
-    if code.values.numel() == 0:
-        return
+def _update_threshold(module: CrossCoder, code: SparseCode, momentum: float, ctx: DistContext) -> None:
     scores = code.values * module.decoder_norms().sum(dim=1)[code.indices]
-    smallest = scores.min()
+    smallest = scores.min() if scores.numel() else torch.tensor(math.inf, dtype=scores.dtype)
+    smallest = all_reduce(ctx, smallest.reshape(1), "min")[0]
+    if not math.isfinite(float(smallest)):
+        return
     if module.threshold < 0:
         module.threshold.copy_(smallest)
     else:
@@ -218,6 +242,7 @@ def train_crosscoder(
     log_every: int = 50,
     progress: bool = True,
     on_step: Callable[[int, StepStats], None] | None = None,
+    ctx: DistContext = SINGLE,
 ) -> TrainResult:
     """Train a crosscoder on paired activations.
 
@@ -231,11 +256,15 @@ def train_crosscoder(
         log_every: steps between history entries.
         progress: show a tqdm bar on stderr.
         on_step: called with (step, stats) after every step.
+        ctx: the distributed context: under torchrun each rank trains on its own share of
+            the data with config.batch / world rows per step (see `train_step`); rank 0
+            alone writes checkpoints, and every rank resumes from them.
 
     Returns:
         The trained module and final state; the same seed, data and config give
         the same weights whether or not the run was interrupted and resumed.
     """
+    local_batch = _local_batch(config.batch, ctx)
     torch.manual_seed(config.seed)
     module = CrossCoder.from_config(config, data.n_models, data.d_model)
     module.input_scale_M.copy_(data.scales)
@@ -243,21 +272,38 @@ def train_crosscoder(
     state = TrainState(rows_since_fired=torch.zeros(config.dict_size, dtype=torch.int64))
     if resume and checkpoint_dir is not None and latest_checkpoint(checkpoint_dir) is not None:
         state = load_checkpoint(latest_checkpoint(checkpoint_dir), module, optimizer, config)
+    broadcast_module(ctx, module)
     end = config.steps if stop_after is None else min(config.steps, stop_after)
-    batches = data.iter_batches(config.batch, config.seed, start_step=state.step)
+    batches = data.iter_batches(local_batch, config.seed + RANK_SEED_STRIDE * ctx.rank, start_step=state.step)
     module.train()
-    with tqdm(total=end, initial=state.step, unit="step", desc="crosscoder", disable=not progress, file=sys.stderr) as bar:
+    with tqdm(total=end, initial=state.step, unit="step", desc="crosscoder", disable=not (progress and ctx.is_main),
+              file=sys.stderr) as bar:
         while state.step < end:
-            stats = train_step(module, optimizer, module.normalize(next(batches)), state, config)
+            stats = train_step(module, optimizer, module.normalize(next(batches)), state, config, ctx)
             _log(state, stats, log_every, bar)
             if on_step is not None:
                 on_step(state.step, stats)
             if checkpoint_dir is not None and checkpoint_every and state.step % checkpoint_every == 0:
-                save_checkpoint(checkpoint_dir, module, optimizer, state, config)
+                _save(checkpoint_dir, module, optimizer, state, config, ctx)
     if checkpoint_dir is not None and (not checkpoint_every or state.step % checkpoint_every):
-        save_checkpoint(checkpoint_dir, module, optimizer, state, config)
+        _save(checkpoint_dir, module, optimizer, state, config, ctx)
     module.eval()
     return TrainResult(module, state)
+
+
+def _local_batch(batch: int, ctx: DistContext) -> int:
+    if batch % ctx.world:
+        raise UsageError(f"the crosscoder batch ({batch} rows) must divide evenly over the {ctx.world} ranks")
+    return batch // ctx.world
+
+
+def _save(checkpoint_dir: str | Path, module: CrossCoder, optimizer: torch.optim.Optimizer, state: TrainState,
+          config: CrosscoderConfig, ctx: DistContext) -> None:
+    # rank 0 writes (every rank holds the same weights and state); the others wait so
+    # that a run killed after this point resumes from this checkpoint on every rank
+    if ctx.is_main:
+        save_checkpoint(checkpoint_dir, module, optimizer, state, config)
+    barrier(ctx)
 
 
 def _log(state: TrainState, stats: StepStats, log_every: int, bar: tqdm) -> None:
