@@ -21,7 +21,7 @@ from mechdiff.diffing.audit import (
 )
 from mechdiff.diffing.weights import DiffConfig, diff_sources
 from mechdiff.diffing.weights_result import WeightDiff
-from mechdiff.distributed import barrier, init_from_env, rank_device
+from mechdiff.distributed import DistContext, barrier, init_from_env, rank_device
 from mechdiff.progress import progress_bar
 from mechdiff.store import ResultsWriter, check_output_path
 
@@ -100,8 +100,12 @@ def audit_checkpoints(
     config: AuditConfig | None = None,
     progress: bool = True,
     command: str | None = None,
-) -> AuditResult:
+) -> AuditResult | None:
     """Run every lens that applies and merge the evidence into ranked findings.
+
+    Under torchrun the weight diff and the crosscoder are shared by the ranks; the
+    behaviour and components lenses, the findings and the files are rank 0's alone
+    (the other ranks return None once their share is done).
 
     Args:
         base: base checkpoint.
@@ -126,18 +130,22 @@ def audit_checkpoints(
         from mechdiff.diffing.activations import read_texts
 
         read_texts(data)  # fail on a bad corpus before the heavy work
+    ctx = init_from_env(config.diff.resolved_device().type)
     diff = diff_checkpoints(base, ft, adapter=adapter, config=config.diff, progress=progress)
-    lenses = {"weights": weight_findings(diff, config.thresholds), "heads": head_findings(diff, config.thresholds)}
     behaviour, crosscoder, decomposition, component_deltas = None, None, None, []
     if data is not None and adapter is None and _runnable(base) and _runnable(ft):
-        behaviour, crosscoder, decomposition, component_deltas = _run_model_lenses(base, ft, data, config, progress)
-        if behaviour is not None:
-            lenses["behaviour"] = behaviour_findings(behaviour)
-        if crosscoder is not None:
-            lenses["crosscoder"] = crosscoder_findings(crosscoder.to_json())
-        if decomposition is not None:
-            lenses["components"] = component_findings(component_deltas, decomposition_norms(decomposition),
-                                                      config.thresholds)
+        behaviour, crosscoder, decomposition, component_deltas = _run_model_lenses(base, ft, data, config, progress,
+                                                                                   ctx)
+    if not ctx.is_main:
+        return None
+    lenses = {"weights": weight_findings(diff, config.thresholds), "heads": head_findings(diff, config.thresholds)}
+    if behaviour is not None:
+        lenses["behaviour"] = behaviour_findings(behaviour)
+    if crosscoder is not None:
+        lenses["crosscoder"] = crosscoder_findings(crosscoder.to_json())
+    if decomposition is not None:
+        lenses["components"] = component_findings(component_deltas, decomposition_norms(decomposition),
+                                                  config.thresholds)
     result = merge_findings(lenses, config.thresholds, config.fail_above, behaviour)
     if out_path is not None or report_path is not None:
         out_path = out_path or Path(str(report_path) + ".h5")
@@ -154,26 +162,31 @@ def _runnable(path: str | os.PathLike | None) -> bool:
 
 
 def _run_model_lenses(base: str | os.PathLike, ft: str | os.PathLike, data: str | os.PathLike,
-                      config: AuditConfig, progress: bool) -> tuple:
-    """Behaviour, crosscoder and components lenses on one loaded copy of each model."""
+                      config: AuditConfig, progress: bool, ctx: DistContext) -> tuple:
+    """Crosscoder, behaviour and components lenses on one loaded copy of each model.
+
+    The crosscoder comes first: every rank takes part in it; the other two are rank 0's.
+    """
     from mechdiff.diffing.activations import read_texts
     from mechdiff.diffing.behaviour import BehaviourConfig, behaviour_diff
     from mechdiff.diffing.crosscoder_pipeline import crosscoder_on_models
     from mechdiff.models import load_model_pair
 
     texts = read_texts(data)
-    device = (config.behaviour or BehaviourConfig()).device
+    device = rank_device((config.behaviour or BehaviourConfig()).device, ctx)
     base_model, ft_model, base_tok, ft_tok = load_model_pair(base, ft, device)
     behaviour = crosscoder = None
-    if config.behaviour is not None:
-        behaviour = behaviour_diff(base_model, ft_model, (base_tok, ft_tok), texts, config.behaviour)
     if config.crosscoder:
         model_config = read_config(Path(base)) or {}
         layer = config.crosscoder_layer if config.crosscoder_layer is not None else _middle_layer(model_config)
         cc_config = audit_crosscoder_config(_hidden_size(model_config), _approx_tokens(texts),
                                             config.crosscoder_options)
         crosscoder = crosscoder_on_models(base_model, ft_model, (base_tok, ft_tok), texts, layer, cc_config,
-                                          device=device, progress=progress)
+                                          device=device, progress=progress, ctx=ctx)
+    if not ctx.is_main:
+        return None, None, None, []
+    if config.behaviour is not None:
+        behaviour = behaviour_diff(base_model, ft_model, (base_tok, ft_tok), texts, config.behaviour)
     decomposition, deltas = _components_lens(base_model, ft_model, base_tok, texts, config, progress)
     return behaviour, crosscoder, decomposition, deltas
 

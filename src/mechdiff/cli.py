@@ -162,6 +162,8 @@ def audit(base: str, ft: str | None, data: str | None, adapter: str | None, out:
                          components=component_globs, components_steps=components_steps, fail_above=fail_above)
     result = audit_checkpoints(base, ft, data=data, adapter=adapter, out=out, report=report, config=config,
                                progress=not no_progress)
+    if result is None:  # torchrun ranks other than 0
+        return
     _print_audit(result.to_json(), top, as_json)
     if fail_above is not None and result.exceeds(fail_above):
         sys.exit(1)

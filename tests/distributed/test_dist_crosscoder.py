@@ -78,3 +78,18 @@ def test_crosscoder_command_under_torchrun(toy_backdoor, tmp_path):
     # contexts come from both ranks' documents, each with its text
     assert {int(d) % 2 for d in contexts["doc"]} == {0, 1}
     assert all(len(str(t)) > 0 for t in contexts["text"])
+
+
+def test_audit_under_torchrun_finds_the_backdoor(toy_backdoor, tmp_path):
+    out = tmp_path / "a.h5"
+    cmd = _torchrun("-m", "mechdiff", "audit", str(toy_backdoor.base_dir), str(toy_backdoor.ft_dir), "--data",
+                    str(toy_backdoor.corpus_path), "-o", str(out), "--json", "--no-progress", "--fail-above", "1")
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 1, done.stderr  # the gate fails: the planted backdoor scores above 1
+    doc = json.loads(done.stdout)  # one document: rank 0 alone prints
+    top = doc["findings"][0]
+    assert toy_backdoor.trigger in top["summary"] and toy_backdoor.target in top["summary"]
+    assert {"behaviour", "weights", "heads", "crosscoder"} <= set(doc["lenses"])
+    with open_results(out) as res:
+        assert {"weights", "heads", "audit", "crosscoder"} <= set(res.parts)
+        assert res.audit.attrs["verdict"] == "findings"
