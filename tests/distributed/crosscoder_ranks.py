@@ -3,8 +3,10 @@
 Trains a crosscoder on seeded synthetic activations and evaluates it. Every run sees the
 same global batches: under torchrun rank r trains on rows [r*B/W, (r+1)*B/W) of each one,
 and evaluates the documents r, r+W, ... Writes its weights and evaluation to OUT/rank<r>.npz.
+With "resume", training stops after 2/5 of the steps (checkpoints in OUT/ckpt, written by
+rank 0) and a second call continues from the checkpoint.
 
-    python crosscoder_ranks.py OUT SPARSITY
+    python crosscoder_ranks.py OUT SPARSITY [resume]
 """
 
 from __future__ import annotations
@@ -69,13 +71,18 @@ def my_documents(acts: torch.Tensor, rank: int, world: int) -> PairedActivations
                              np.concatenate(tokens), norm_scales(acts), tokens, doc_global=docs)
 
 
-def main(out: Path, sparsity: str) -> None:
+def main(out: Path, sparsity: str, resume: bool) -> None:
     ctx = init_from_env("cpu")
     torch.set_num_threads(1)
     acts = synthetic_rows()
     config = CrosscoderConfig(dict_size=32, k=4, sparsity=sparsity, lr=1e-2, warmup_steps=5, batch=GLOBAL_BATCH,
                               tokens=GLOBAL_BATCH * 150, dead_after_tokens=GLOBAL_BATCH * 3, aux_k=8, l1_coeff=1.0)
-    trained = train_crosscoder(GlobalBatches(acts, ctx.rank, ctx.world), config, progress=False, ctx=ctx)
+    source = GlobalBatches(acts, ctx.rank, ctx.world)
+    if resume:
+        train_crosscoder(source, config, checkpoint_dir=out / "ckpt", checkpoint_every=20, stop_after=config.steps * 2 // 5,
+                         progress=False, ctx=ctx)
+    trained = train_crosscoder(source, config, checkpoint_dir=out / "ckpt" if resume else None, resume=resume,
+                               progress=False, ctx=ctx)
     ev = evaluate_crosscoder(trained.module, my_documents(acts, ctx.rank, ctx.world), batch=100, top_n=5,
                              progress=False, ctx=ctx)
     arrays = {name: tensor.detach().numpy() for name, tensor in trained.module.state_dict().items()}
@@ -89,4 +96,4 @@ def main(out: Path, sparsity: str) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), sys.argv[2])
+    main(Path(sys.argv[1]), sys.argv[2], sys.argv[3:] == ["resume"])

@@ -37,6 +37,7 @@ def runs(tmp_path_factory):
     for sparsity in ("l1", "batchtopk"):
         _run([sys.executable, str(SCRIPT), str(out / f"single_{sparsity}"), sparsity])
         _run(_torchrun(str(SCRIPT), str(out / f"dist_{sparsity}"), sparsity))
+    _run(_torchrun(str(SCRIPT), str(out / "resumed_batchtopk"), "batchtopk", "resume"))
     return lambda name, rank=0: dict(np.load(out / name / f"rank{rank}.npz"))
 
 
@@ -61,6 +62,12 @@ def test_batchtopk_ranks_agree_and_match_quality(runs):
     assert rank0["n_rows"] == single["n_rows"]
     np.testing.assert_allclose(rank0["fve"], single["fve"], atol=0.02)
     assert abs(float(rank0["l0"]) - float(single["l0"])) < 0.25 * float(single["l0"])
+
+
+def test_two_ranks_resume_from_rank_0_checkpoint_exactly(runs):
+    resumed, whole = runs("resumed_batchtopk", 1), runs("dist_batchtopk", 1)
+    for name in ("W_enc_FMD", "W_dec_FMD", "threshold", "rows_since_fired", "top_act", "top_doc"):
+        np.testing.assert_array_equal(resumed[name], whole[name], err_msg=name)
 
 
 def test_crosscoder_command_under_torchrun(toy_backdoor, tmp_path):
