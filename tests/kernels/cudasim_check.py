@@ -27,7 +27,11 @@ def check_delta_stats(device: str) -> None:
             ft[::4] = base[::4]
             base[1], ft[2], ft[3], base[4] = math.nan, math.inf, math.nan, -math.inf
         base, ft = base.to(dtype).to(device), ft.to(dtype).to(device)
-        got, want = ck.delta_stats_cuda(base, ft, 16), delta_stats_reference(base, ft, 16)
+        d_got, d_want = torch.full((n,), math.nan, device=device), torch.empty(n)
+        got = ck.delta_stats_cuda(base, ft, 16, out=d_got)
+        want = delta_stats_reference(base, ft, 16, out=d_want)
+        assert torch.equal(d_got.cpu(), d_want), ("delta output", n, dtype)
+        assert ck.delta_stats_cuda(base, ft, 16).n == n  # statistics only, no output
         for name in ("n", "nan_base", "inf_base", "nan_ft", "inf_ft", "n_excluded", "n_zero"):
             assert getattr(got, name) == getattr(want, name), (name, n, dtype)
         for name in ("sum_b2", "sum_f2", "sum_bf", "sum_d2", "max_abs_d"):

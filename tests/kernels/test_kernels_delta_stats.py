@@ -40,6 +40,42 @@ def test_numba_matches_reference_on_awkward_sizes(n, dtype):
     assert_same_stats(delta_stats_numba(base, ft, 64), delta_stats_reference(base, ft, 64))
 
 
+def delta_by_torch(base: torch.Tensor, ft: torch.Tensor) -> torch.Tensor:
+    """float32(ft - base) formed in float64, 0 where either side is NaN/Inf."""
+    b, f = base.double().reshape(-1), ft.double().reshape(-1)
+    return torch.where(torch.isfinite(b) & torch.isfinite(f), f - b, 0.0).float()
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 1031, 65537, 131101])  # last: parallel path
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_delta_output_matches_reference_on_awkward_sizes(n, dtype):
+    base, ft = noisy_pair(n, dtype, seed=n + 1)
+    got, want = torch.full((n,), math.nan), torch.full((n,), math.nan)
+    stats = delta_stats_numba(base, ft, 64, out=got)
+    assert_same_stats(stats, delta_stats_reference(base, ft, 64, out=want))
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    torch.testing.assert_close(got, delta_by_torch(base, ft), rtol=0, atol=0)
+
+
+def test_delta_output_keeps_the_shape_order_and_zeroes_non_finite_pairs():
+    # d = ft - base in storage order; (nan, 1) and (inf, inf) pairs become 0
+    base = torch.tensor([[1.0, math.nan, 2.0], [math.inf, 0.5, -1.0]]).bfloat16()
+    ft = torch.tensor([[1.5, 1.0, 2.0], [math.inf, 0.25, 1.0]]).bfloat16()
+    out = torch.empty(2, 3)
+    stats = delta_stats(base, ft, out=out)
+    assert out.tolist() == [[0.5, 0.0, 0.0], [0.0, -0.25, 2.0]]
+    assert stats.n_excluded == 2 and stats.sum_d2 == 0.25 + 0.0625 + 4.0
+
+
+def test_delta_output_must_fit():
+    with pytest.raises(ValueError, match="contiguous float32"):
+        delta_stats(torch.zeros(3), torch.zeros(3), out=torch.zeros(4))
+    with pytest.raises(ValueError, match="contiguous float32"):
+        delta_stats(torch.zeros(3), torch.zeros(3), out=torch.zeros(3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="contiguous float32"):
+        delta_stats(torch.zeros(2, 2), torch.zeros(2, 2), out=torch.zeros(2, 2).T)
+
+
 def test_two_by_three_by_hand():
     base = torch.tensor([[1.0, 2.0, 0.0], [3.0, -1.0, 0.0]])
     ft = torch.tensor([[1.0, 2.5, 0.0], [3.0, -1.0, 0.25]])

@@ -13,7 +13,7 @@ import torch
 from mechdiff.checkpoint.layout import HeadGeometry, Layout, TensorInfo
 from mechdiff.checkpoint.pairing import Pairing, TensorPair, pair_sources
 from mechdiff.checkpoint.sources import TensorSource
-from mechdiff.diffing.heads import HeadChange, head_slices
+from mechdiff.diffing.heads import HeadChange, HeadSlice, head_slices
 from mechdiff.diffing.readout import ReadoutMatrices, Vocabulary
 from mechdiff.diffing.weights_result import TensorChange, WeightDiff
 from mechdiff.distributed import DistContext, gather_to_main, shard_by_size
@@ -102,10 +102,10 @@ def diff_sources(
     device = config.resolved_device(ctx.local_rank)
     readout = _readout_matrices(base, pairing)
     mine = shard_by_size([p.numel for p in pairing.pairs], ctx.world)[ctx.rank]
-    local = []
+    local, workspace = [], DeltaWorkspace()
     for index in mine:
         pair = pairing.pairs[index]
-        local.append((index, _analyze_pair(base, ft, pair, pairing.layout, readout, config, device)))
+        local.append((index, _analyze_pair(base, ft, pair, pairing.layout, readout, config, device, workspace)))
         if progress:
             progress(pair)
     gathered = gather_to_main(ctx, local)
@@ -147,12 +147,38 @@ def _load_pair(base: TensorSource, ft: TensorSource, pair: TensorPair) -> tuple[
     return b, f
 
 
+class DeltaWorkspace:
+    """One float32 buffer that every pair's D is written into, grown to the largest tensor.
+
+    Why: a fresh D-sized allocation per tensor is returned to the OS when freed, so every
+    page of the next one faults and is zeroed again (a third of the cost of forming D on
+    the 1B benchmark). Nothing may keep a view of the buffer past its pair's analysis.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = torch.empty(0)
+
+    def take(self, shape: torch.Size) -> torch.Tensor:
+        """A contiguous float32 tensor of `shape` over the buffer (contents undefined)."""
+        n = math.prod(shape)
+        if self._buffer.numel() < n:
+            self._buffer = torch.empty(0)  # free the old buffer before allocating the new one
+            self._buffer = torch.empty(n)
+        return self._buffer[:n].view(shape)
+
+
+def _is_matrix(t: torch.Tensor) -> bool:
+    return t.ndim >= 2 and min(t.shape[0], t.numel() // max(t.shape[0], 1)) >= 2
+
+
 def _analyze_pair(
     base: TensorSource, ft: TensorSource, pair: TensorPair, layout: Layout,
-    readout: ReadoutMatrices, config: DiffConfig, device: torch.device,
+    readout: ReadoutMatrices, config: DiffConfig, device: torch.device, workspace: DeltaWorkspace,
 ) -> tuple[TensorChange, list, list[str]]:
     b, f = _load_pair(base, ft, pair)
-    stats = delta_stats(b, f, n_bins=config.n_bins)
+    stored = workspace.take(b.shape) if _is_matrix(b) else None  # D in storage order, same pass
+    stats = delta_stats(b, f, n_bins=config.n_bins, out=stored)
+    del f
     change = TensorChange(
         tensor=pair.name, layer=pair.info.layer, kind=pair.info.kind, score=score_1d(stats.rel_delta),
         rel_delta=stats.rel_delta, rank=0, structured_fraction=0.0, cosine=stats.cosine,
@@ -160,10 +186,9 @@ def _analyze_pair(
         nan_base=stats.nan_base, inf_base=stats.inf_base, nan_ft=stats.nan_ft, inf_ft=stats.inf_ft,
         shape=tuple(pair.ft_shape),
     )
-    if b.ndim < 2 or min(b.shape[0], b.numel() // max(b.shape[0], 1)) < 2 or stats.sum_d2 == 0.0:
+    if stored is None or stats.sum_d2 == 0.0:
         return change, [], []
-    delta = _oriented_delta(b, f, pair.info, stats.n_excluded > 0)
-    del f
+    delta = _oriented(stored, pair.info)
     spectrum = analyze_delta(delta.to(device), base_norm=stats.norm_base, config=config.spectral, frob2=stats.sum_d2)
     _fill_spectral(change, spectrum, config)
     change.tokens_in, change.tokens_out = readout.tokens_for(
@@ -192,15 +217,6 @@ def _oriented(t: torch.Tensor, info: TensorInfo) -> torch.Tensor:
     """A 2-D [out, in] view of a stored tensor (Conv1D transposed, conv kernels flattened)."""
     flat = t.reshape(t.shape[0], -1)
     return flat.T if info.orientation == "in_out" else flat
-
-
-def _oriented_delta(b: torch.Tensor, f: torch.Tensor, info: TensorInfo, has_nonfinite: bool) -> torch.Tensor:
-    """D = W_ft - W_base as float32 [out, in], non-finite entries zeroed (they are counted already)."""
-    delta = f.float().reshape(f.shape[0], -1)
-    delta.sub_(b.reshape(b.shape[0], -1))
-    if has_nonfinite:
-        delta.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
-    return delta.T if info.orientation == "in_out" else delta
 
 
 def _finite_norm(t: torch.Tensor) -> float:
@@ -234,29 +250,57 @@ def _head_changes(
     slices = head_slices(info.heads, info.kind, tuple(delta.shape), geometry)
     if not slices:
         return []
-    blocks = torch.stack([sl.take(delta) for sl in slices])  # [H, a, b]: every slice of one tensor has one shape
-    frob2 = blocks.double().square().sum(dim=(1, 2)).tolist()
-    values = _batched_singular_values(blocks)
+    blocks = _stacked_slices(slices, delta)  # [H, a, b]: every slice of one tensor has one shape
+    values, frob2 = _batched_singular_values(blocks)
     out = []
     for sl, block, s_h, f2 in zip(slices, blocks, values, frob2):
-        if f2 == 0.0:
+        if f2 == 0.0 and not bool(block.any()):  # a float32 trace can underflow; zeros cannot
             continue
         base_norm = _finite_norm(sl.take(base))
         rel = math.sqrt(f2) / base_norm if base_norm > 0 else math.inf
         if clears_first_cut(s_h, tuple(block.shape), f2, config.spectral):
+            f2 = _finite_norm(block) ** 2  # the noise level needs the exact energy
             spectrum = analyze_delta(block.to(device), base_norm=base_norm, config=config.spectral, frob2=f2)
-            score, rank = spectrum.score, spectrum.rank
+            score, rank, rel = spectrum.score, spectrum.rank, spectrum.rel_delta
         else:
             score, rank = structured_score(np.zeros(0), base_norm, rel, config.spectral.drift_weight), 0
         out.append(((sl.part, info.layer, sl.head, sl.group), (score, rank, rel)))
     return out
 
 
-def _batched_singular_values(blocks: torch.Tensor) -> torch.Tensor:
-    """Singular values of each [a, b] block, descending, from the eigenvalues of its smaller Gram matrix."""
-    gram = blocks @ blocks.transpose(1, 2) if blocks.shape[1] <= blocks.shape[2] else blocks.transpose(1, 2) @ blocks
-    eig = torch.linalg.eigvalsh(gram.double())
-    return eig.clamp_min(0.0).sqrt().flip(-1)
+def _stacked_slices(slices: list[HeadSlice], matrix: torch.Tensor) -> torch.Tensor:
+    """[H, a, b] blocks of `matrix`, one per slice: a strided view when the heads tile one
+    band of rows or columns in order (every layout we know), a copy otherwise."""
+    first, count = slices[0], len(slices)
+    if all(sl.cols is None for sl in slices) and _tiles(first.rows, [sl.rows for sl in slices]):
+        size = first.rows.stop - first.rows.start
+        return matrix[first.rows.start:first.rows.start + count * size].unflatten(0, (count, size))
+    if all(sl.rows is None for sl in slices) and _tiles(first.cols, [sl.cols for sl in slices]):
+        size = first.cols.stop - first.cols.start
+        band = matrix[:, first.cols.start:first.cols.start + count * size]
+        return band.unflatten(1, (count, size)).permute(1, 0, 2)
+    return torch.stack([sl.take(matrix) for sl in slices])
+
+
+def _tiles(first: slice | None, parts: list[slice | None]) -> bool:
+    if first is None or first.step not in (None, 1):
+        return False
+    size = first.stop - first.start
+    return all(p is not None and p.step in (None, 1) and (p.start, p.stop) == (first.start + i * size,
+               first.start + (i + 1) * size) for i, p in enumerate(parts))
+
+
+def _batched_singular_values(blocks: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
+    """Singular values of each [a, b] block, descending, and its squared Frobenius norm.
+
+    Both come from the block's smaller Gram matrix: the values from its eigenvalues, the
+    norm from its trace (summed in float64), so the blocks are read once. float32 eigvalsh
+    is enough: it gives the top values, all the head screen uses, to ~1e-7 relative.
+    """
+    gram = blocks @ blocks.mT if blocks.shape[1] <= blocks.shape[2] else blocks.mT @ blocks
+    frob2 = gram.diagonal(dim1=1, dim2=2).double().sum(dim=1).tolist()
+    eig = torch.linalg.eigvalsh(gram)
+    return eig.clamp_min(0.0).sqrt().flip(-1), frob2
 
 
 def _nonfinite_warnings(change: TensorChange) -> list[str]:

@@ -17,7 +17,7 @@ from numba import config, cuda
 
 from mechdiff.kernels._bits import half_table
 from mechdiff.kernels.csr import transpose_torch
-from mechdiff.kernels.delta import HIST_TOP_EXP, MAX_BINS, DeltaStats
+from mechdiff.kernels.delta import HIST_TOP_EXP, MAX_BINS, DeltaStats, check_out_buffer
 from mechdiff.kernels.heap import compile_heap
 
 # the simulator runs every thread as a Python thread: keep its blocks small
@@ -77,9 +77,11 @@ def _block_reduce(shared, tid, value, take_max):
 
 
 @cuda.jit
-def _delta_stats_kernel(b, f, kind, table, n_bins, totals, hist):  # pragma: no cover (cuda)
+def _delta_stats_kernel(b, f, kind, table, n_bins, totals, hist, out):  # pragma: no cover (cuda)
     """totals float64[10]: sum_b2, sum_f2, sum_bf, sum_d2, max|d|, nan_b, inf_b, nan_f,
-    inf_f, excluded. hist int64[n_bins + 1]: slot 0 exact zeros, then octave bins."""
+    inf_f, excluded. hist int64[n_bins + 1]: slot 0 exact zeros, then octave bins.
+    out float32: receives f - b (0 for an excluded pair) unless it is empty."""
+    write = out.size > 0
     tid = cuda.threadIdx.x
     block_hist = cuda.shared.array(MAX_BINS + 1, dtype=np.int32)
     for k in range(tid, n_bins + 1, THREADS):
@@ -99,7 +101,11 @@ def _delta_stats_kernel(b, f, kind, table, n_bins, totals, hist):  # pragma: no 
         acc[8] += yinf
         if xnan or ynan or xinf or yinf:
             acc[9] += 1.0
+            if write:
+                out[i] = 0.0
             continue
+        if write:
+            out[i] = y - x
         d = abs(y - x)
         acc[0] += x * x
         acc[1] += y * y
@@ -135,7 +141,8 @@ def _delta_stats_kernel(b, f, kind, table, n_bins, totals, hist):  # pragma: no 
         cuda.atomic.add(hist, k, np.int64(block_hist[k]))
 
 
-def delta_stats_cuda(base: torch.Tensor, ft: torch.Tensor, n_bins: int) -> DeltaStats:
+def delta_stats_cuda(base: torch.Tensor, ft: torch.Tensor, n_bins: int,
+                     out: torch.Tensor | None = None) -> DeltaStats:
     """numba.cuda kernel: grid-stride pass, block reductions, shared-memory histogram."""
     if base.dtype != ft.dtype:
         base, ft = base.float(), ft.float()
@@ -145,13 +152,27 @@ def delta_stats_cuda(base: torch.Tensor, ft: torch.Tensor, n_bins: int) -> Delta
     table = _table(torch.float16 if kind == 2 else torch.bfloat16, device)
     totals = torch.zeros(10, dtype=torch.float64, device=device)
     hist = torch.zeros(n_bins + 1, dtype=torch.int64, device=device)
+    dest = _delta_destination(out, b.numel(), device)
     if b.numel():
         _delta_stats_kernel[_blocks(b.numel()), THREADS](
-            _arr(b), _arr(f), kind, _arr(table), n_bins, _arr(totals), _arr(hist))
+            _arr(b), _arr(f), kind, _arr(table), n_bins, _arr(totals), _arr(hist), _arr(dest))
+    if out is not None and dest.data_ptr() != out.data_ptr():
+        out.view(-1).copy_(dest)
     t, h = totals.cpu().numpy(), hist.cpu().numpy()
     counts = [round(float(c)) for c in t[5:]]
     return DeltaStats(b.numel(), *(float(s) for s in t[:5]), *counts[:4],
                       n_excluded=counts[4], n_zero=int(h[0]), hist=h[1:].copy())
+
+
+def _delta_destination(out: torch.Tensor | None, n: int, device: str) -> torch.Tensor:
+    """Flat float32 buffer on the kernel's device for d: out itself when it lives there,
+    a temporary copied to out afterwards otherwise, empty when d is not wanted."""
+    if out is None:
+        return torch.empty(0, dtype=torch.float32, device=device)
+    check_out_buffer(out, n)
+    if str(out.device) == str(torch.device(device)):
+        return out.detach().view(-1)
+    return torch.empty(n, dtype=torch.float32, device=device)
 
 
 # ---------------------------------------------------------------- sparse decode

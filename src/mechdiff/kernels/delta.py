@@ -131,9 +131,13 @@ def hist_edges(n_bins: int) -> np.ndarray:
     return np.ldexp(1.0, np.arange(lo, HIST_TOP_EXP + 1))
 
 
-def delta_stats_reference(base: torch.Tensor, ft: torch.Tensor, n_bins: int) -> DeltaStats:
+def delta_stats_reference(base: torch.Tensor, ft: torch.Tensor, n_bins: int,
+                          out: torch.Tensor | None = None) -> DeltaStats:
     """Torch reference: float64 chunks, exact bins via frexp. Same contract as `delta_stats`."""
     b_all, f_all = base.detach().reshape(-1), ft.detach().reshape(-1)
+    if out is not None:
+        check_out_buffer(out, b_all.numel())
+        flat_out = out.view(-1)
     lo = HIST_TOP_EXP - n_bins
     sums = torch.zeros(4, dtype=torch.float64)
     counts = [0, 0, 0, 0, 0, 0]  # nan_b, inf_b, nan_f, inf_f, excluded, zero
@@ -146,6 +150,8 @@ def delta_stats_reference(base: torch.Tensor, ft: torch.Tensor, n_bins: int) -> 
             counts[k] += int(t.sum())
         ok = torch.isfinite(b) & torch.isfinite(f)
         counts[4] += int((~ok).sum())
+        if out is not None:
+            flat_out[start:start + _REFERENCE_CHUNK] = torch.where(ok, f - b, 0.0).to(out.device)
         b, f = b[ok], f[ok]
         d = (f - b).abs()
         sums += torch.stack([(b * b).sum(), (f * f).sum(), (b * f).sum(), (d * d).sum()]).cpu()
@@ -164,7 +170,8 @@ def _fp16_table() -> np.ndarray:
     return half_table(torch.float16)
 
 
-def delta_stats_numba(base: torch.Tensor, ft: torch.Tensor, n_bins: int) -> DeltaStats:
+def delta_stats_numba(base: torch.Tensor, ft: torch.Tensor, n_bins: int,
+                      out: torch.Tensor | None = None) -> DeltaStats:
     """numba CPU loop (tensors on another device are copied to the host first)."""
     base, ft = base.detach().cpu(), ft.detach().cpu()
     if base.dtype != ft.dtype:
@@ -172,11 +179,15 @@ def delta_stats_numba(base: torch.Tensor, ft: torch.Tensor, n_bins: int) -> Delt
     b, kind = as_bits_or_float(base)
     f, _ = as_bits_or_float(ft)
     table = _fp16_table() if kind == 2 else np.zeros(1, np.float32)
+    host_out = _host_buffer(out, b.size)
+    d = np.zeros(0, np.float32) if host_out is None else host_out.numpy()
     if b.size < SERIAL_BELOW:  # waking threads costs more than these tensors' work
-        sums, maxbits, counts, hist = _delta_stats_serial(b, f, kind, table, n_bins)
+        sums, maxbits, counts, hist = _delta_stats_serial(b, f, kind, table, n_bins, d)
     else:
         n_chunks = max(1, min(b.size // (16 * BLOCK), 4 * numba.get_num_threads()))
-        sums, maxbits, counts, hist = _delta_stats_kernel(b, f, kind, table, n_bins, n_chunks)
+        sums, maxbits, counts, hist = _delta_stats_kernel(b, f, kind, table, n_bins, n_chunks, d)
+    if out is not None and out.device.type != "cpu":
+        out.view(-1).copy_(host_out)
     max_abs = float(np.int64(maxbits.max()).view(np.float64))
     tot = counts.sum(axis=0)
     return DeltaStats(b.size, *(float(s) for s in sums.sum(axis=0)), max_abs,
@@ -184,8 +195,17 @@ def delta_stats_numba(base: torch.Tensor, ft: torch.Tensor, n_bins: int) -> Delt
                       n_zero=int(hist[:, 0].sum()), hist=hist[:, 1:-1].sum(axis=0))
 
 
+def _host_buffer(out: torch.Tensor | None, n: int) -> torch.Tensor | None:
+    """Flat view the CPU loop writes d into: out itself on the CPU, else a host buffer
+    that is copied to out after the pass."""
+    if out is None:
+        return None
+    check_out_buffer(out, n)
+    return out.detach().view(-1) if out.device.type == "cpu" else torch.empty(n, dtype=torch.float32)
+
+
 @njit(parallel=True, cache=True)
-def _delta_stats_kernel(b, f, kind, table, n_bins, n_chunks):  # pragma: no cover (numba)
+def _delta_stats_kernel(b, f, kind, table, n_bins, n_chunks, d):  # pragma: no cover (numba)
     n = b.size
     chunk = (n + n_chunks - 1) // n_chunks
     sums = np.zeros((n_chunks, 4))
@@ -195,25 +215,29 @@ def _delta_stats_kernel(b, f, kind, table, n_bins, n_chunks):  # pragma: no cove
     for c in prange(n_chunks):
         stop = min(n, (c + 1) * chunk)
         maxbits[c] = _chunk_stats(b[c * chunk:stop], f[c * chunk:stop], kind, table,
-                                  n_bins, sums[c], counts[c], hist[c])
+                                  n_bins, sums[c], counts[c], hist[c],
+                                  d[c * chunk:stop] if d.size else d)
     return sums, maxbits, counts, hist
 
 
 @njit(cache=True)
-def _delta_stats_serial(b, f, kind, table, n_bins):  # pragma: no cover (numba)
+def _delta_stats_serial(b, f, kind, table, n_bins, d):  # pragma: no cover (numba)
     sums = np.zeros((1, 4))
     counts = np.zeros((1, 5), np.int64)
     hist = np.zeros((1, n_bins + 2), np.int64)
-    maxbits = _chunk_stats(b, f, kind, table, n_bins, sums[0], counts[0], hist[0])
+    maxbits = _chunk_stats(b, f, kind, table, n_bins, sums[0], counts[0], hist[0], d)
     return sums, np.full(1, maxbits, np.int64), counts, hist
 
 
 @njit(cache=True)
-def _chunk_stats(b, f, kind, table, n_bins, sums, counts, hist):  # pragma: no cover (numba)
+def _chunk_stats(b, f, kind, table, n_bins, sums, counts, hist, d):  # pragma: no cover (numba)
     # the hot loops live outside the prange body, where numba compiles them as plain
-    # functions that LLVM vectorizes
+    # functions that LLVM vectorizes. d is the float32 delta output, or empty when the
+    # caller wants statistics only: the block loop then writes into a scratch block that
+    # stays in L1, so one loop serves both without a branch per element.
     buf_b = np.empty(BLOCK)
     buf_f = np.empty(BLOCK)
+    scratch = np.empty(BLOCK, np.float32)
     slots = np.empty(BLOCK, np.int64)
     # eight interleaved histograms: deltas crowd into a few bins, and a single counter
     # would serialize on store-to-load forwarding
@@ -223,7 +247,8 @@ def _chunk_stats(b, f, kind, table, n_bins, sums, counts, hist):  # pragma: no c
         m = min(BLOCK, b.size - start)
         _decode_block(b[start:start + m], kind, table, buf_b)
         _decode_block(f[start:start + m], kind, table, buf_f)
-        maxbits = max(maxbits, _block_stats(buf_b, buf_f, m, n_bins, sums, counts, slots))
+        dst = d[start:start + m] if d.size else scratch
+        maxbits = max(maxbits, _block_stats(buf_b, buf_f, m, n_bins, sums, counts, slots, dst))
         for i in range(m):
             sub_hist[i & 7, slots[i]] += 1
     hist += sub_hist.sum(axis=0)
@@ -246,10 +271,11 @@ def _decode_block(src, kind, table, out):  # pragma: no cover (numba)
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def _block_stats(x, y, m, n_bins, sums, counts, slots):  # pragma: no cover (numba)
-    """Accumulate one block into sums/counts; write each element's histogram slot.
+def _block_stats(x, y, m, n_bins, sums, counts, slots, dst):  # pragma: no cover (numba)
+    """Accumulate one block into sums/counts; write each element's histogram slot and d.
 
     Slot 0 = exact zero, 1..n_bins = octave bins, n_bins + 1 = excluded pair (dropped).
+    dst[i] = float32(y - x), 0 for an excluded pair.
     Returns the max of |d| as int64 bits (non-negative floats order like their bits).
     """
     lo = HIST_TOP_EXP - n_bins
@@ -264,6 +290,7 @@ def _block_stats(x, y, m, n_bins, sums, counts, slots):  # pragma: no cover (num
         xv = 0.0 if bad else xv
         yv = 0.0 if bad else yv
         d = yv - xv
+        dst[i] = d
         sb2 += xv * xv
         sf2 += yv * yv
         sbf += xv * yv
@@ -293,8 +320,11 @@ def _count_non_finite(x, y, counts):  # pragma: no cover (numba)
 
 
 def delta_stats(base: torch.Tensor, ft: torch.Tensor, *, n_bins: int = 64,
-                device: str | None = None) -> DeltaStats:
+                device: str | None = None, out: torch.Tensor | None = None) -> DeltaStats:
     """One-pass statistics of d = ft - base (norms, dot, max, NaN/Inf counts, histogram).
+
+    With `out`, the same pass also writes d itself: the weight diff needs D in float32
+    for its spectra, and forming it here saves a second read of both inputs and a write.
 
     Args:
         base: tensor of any shape; float32, float16 or bfloat16 read natively, other
@@ -302,6 +332,8 @@ def delta_stats(base: torch.Tensor, ft: torch.Tensor, *, n_bins: int = 64,
         ft: tensor of the same shape as base.
         n_bins: octave bins of |d| (1..256), ending at 2**HIST_TOP_EXP.
         device: device whose kernel to use; default: base's device.
+        out: optional contiguous float32 tensor with base's number of elements; receives
+            float32(ft - base) in base's element order, 0.0 where either side is NaN/Inf.
 
     Returns:
         DeltaStats; pairs with a NaN or Inf on either side are only counted.
@@ -313,4 +345,11 @@ def delta_stats(base: torch.Tensor, ft: torch.Tensor, *, n_bins: int = 64,
                          f"{tuple(ft.shape)}; align the tensors first")
     if not 1 <= n_bins <= MAX_BINS:
         raise ValueError(f"n_bins must be in 1..{MAX_BINS}, got {n_bins}")
-    return resolve("delta_stats", device or str(base.device))(base, ft, n_bins)
+    return resolve("delta_stats", device or str(base.device))(base, ft, n_bins, out)
+
+
+def check_out_buffer(out: torch.Tensor, n: int) -> None:
+    """Raise ValueError unless `out` can take the n float32 deltas (shared by all backends)."""
+    if out.dtype != torch.float32 or out.numel() != n or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous float32 tensor of {n} elements, got "
+                         f"{out.dtype} {tuple(out.shape)} (contiguous: {out.is_contiguous()})")
