@@ -122,3 +122,21 @@ def test_fingerprint_follows_the_header(tmp_path):
     save_file({"a": torch.zeros(3)}, str(tmp_path / "y.safetensors"))
     fx, fy = read_header(tmp_path / "x.safetensors").fingerprint, read_header(tmp_path / "y.safetensors").fingerprint
     assert fx != fy and len(fx) == 16
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "sharded", "bin-sharded"])
+def test_read_tensor_into_a_reused_buffer_gives_the_same_tensors(tmp_path, fmt):
+    from mechdiff.checkpoint.sources import read_tensor
+
+    state = llama_state(0)
+    source = open_source(save_folder(tmp_path / fmt, state, LLAMA_CONFIG, fmt))
+    buffer = bytearray(1 << 20)  # larger than every tensor: reused for each read
+    for name, tensor in state.items():
+        got = read_tensor(source, name, buffer)
+        torch.testing.assert_close(got, tensor, rtol=0, atol=0)
+        if fmt != "bin-sharded":  # safetensors reads land in the buffer itself
+            assert got.untyped_storage().data_ptr() == torch.frombuffer(buffer, dtype=torch.uint8).data_ptr()
+    small = bytearray(3)  # too small: a fresh buffer is read instead, the small one is untouched
+    name = next(iter(state))
+    torch.testing.assert_close(read_tensor(source, name, small), state[name], rtol=0, atol=0)
+    assert small == bytearray(3)

@@ -174,3 +174,39 @@ def test_cuda_diff_equals_cpu_diff(tmp_path):
     assert [c.tensor for c in gpu.changes] == [c.tensor for c in cpu.changes]
     for a, b in zip(gpu.changes, cpu.changes):
         assert a.rank == b.rank and a.score == pytest.approx(b.score, rel=1e-3, abs=1e-9)
+
+
+def test_pair_reader_and_delta_workspace_reuse_their_buffers(tmp_path):
+    from mechdiff.checkpoint import open_source, pair_sources
+    from mechdiff.diffing.weights import DeltaWorkspace, PairReader
+
+    base_dir, ft_dir = _planted_pair(tmp_path)
+    base, ft = open_source(base_dir), open_source(ft_dir)
+    pairs = sorted(pair_sources(base, ft).pairs, key=lambda p: -p.numel)
+    reader, workspace = PairReader(base, ft), DeltaWorkspace()
+    pointers = set()
+    for pair in pairs:  # largest first: every later read fits the grown buffers
+        b, f = reader.read(pair)
+        torch.testing.assert_close(b, base.get(pair.base_name), rtol=0, atol=0)
+        torch.testing.assert_close(f, ft.get(pair.ft_name), rtol=0, atol=0)
+        pointers.add(b.untyped_storage().data_ptr())
+        d = workspace.take(b.shape)
+        assert d.shape == b.shape and d.is_contiguous() and d.dtype == torch.float32
+        pointers.add(d.data_ptr())
+    assert len(pointers) == 2  # one base buffer, one delta buffer
+
+
+def test_head_blocks_are_views_in_head_order():
+    from mechdiff.checkpoint.layout import HeadGeometry
+    from mechdiff.diffing.heads import head_slices
+    from mechdiff.diffing.weights import _stacked_slices
+
+    # 3 query heads of size 2 over a [6, 4] matrix (rows), and the o-style column split
+    matrix = torch.arange(24.0).reshape(6, 4)
+    geometry = HeadGeometry(head_dim=2, n_heads=3, n_kv_heads=3)
+    for spec, shape, mat in (("q", (6, 4), matrix), ("o", (4, 6), matrix.T)):
+        slices = head_slices(spec, "attn_q", shape, geometry)
+        blocks = _stacked_slices(slices, mat)
+        assert blocks.data_ptr() == matrix.data_ptr()  # a view, no copy
+        for sl, block in zip(slices, blocks, strict=True):
+            torch.testing.assert_close(block, sl.take(mat), rtol=0, atol=0)

@@ -84,11 +84,21 @@ class SafetensorsFile:
         return TensorMeta(name, entry.shape, entry.dtype)
 
     def get(self, name: str) -> torch.Tensor:
+        return self.get_into(name, None)
+
+    def get_into(self, name: str, buffer: bytearray | None) -> torch.Tensor:
+        """`get`, reading into the front of `buffer` when it is large enough (a new one otherwise).
+
+        Why: a fresh buffer per tensor faults in every page again (the allocator returns
+        large blocks to the OS); a streaming caller that reuses two buffers reads faster.
+        The tensor is a view of `buffer`: it is valid until the caller reuses the buffer.
+        """
         entry = self.header.entries[name]
         dtype = TORCH_DTYPES.get(entry.dtype)
         if dtype is None:
             raise InputError(f"{self.path}: tensor {name!r} has dtype {entry.dtype}, which mechdiff cannot read yet")
-        buffer = bytearray(entry.end - entry.begin)
+        size = entry.end - entry.begin
+        buffer = memoryview(buffer)[:size] if buffer is not None and len(buffer) >= size else bytearray(size)
         try:
             with open(self.path, "rb") as fh:
                 fh.seek(self.header.data_start + entry.begin)
@@ -174,15 +184,34 @@ class ShardedSource:
         return self._source(self._shard_of[name]).meta(name)
 
     def get(self, name: str) -> torch.Tensor:
+        return self.get_into(name, None)
+
+    def get_into(self, name: str, buffer: bytearray | None) -> torch.Tensor:
+        """`get`, reading into `buffer` where the shard is a safetensors file (see SafetensorsFile)."""
         source = self._source(self._shard_of[name])
         if name not in source.names():
             raise InputError(f"{self._index_path} maps {name!r} to {source.label}, which does not contain it")
-        return source.get(name)
+        return read_tensor(source, name, buffer)
 
     def fingerprint(self) -> str:
         import hashlib
 
         return hashlib.sha256(self._index_path.read_bytes()).hexdigest()[:16]
+
+
+def read_tensor(source: TensorSource, name: str, buffer: bytearray | None) -> torch.Tensor:
+    """source.get(name), read into `buffer` when the source can (safetensors files and shards).
+
+    Args:
+        source: any tensor source.
+        name: the tensor to read.
+        buffer: a reusable byte buffer; used when it holds the tensor's bytes.
+
+    Returns:
+        The tensor, possibly a view of `buffer` (valid until the buffer is reused).
+    """
+    get_into = getattr(source, "get_into", None)
+    return get_into(name, buffer) if get_into is not None else source.get(name)
 
 
 def open_source(path: str | os.PathLike) -> TensorSource:

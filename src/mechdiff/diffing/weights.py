@@ -12,7 +12,7 @@ import torch
 
 from mechdiff.checkpoint.layout import HeadGeometry, Layout, TensorInfo
 from mechdiff.checkpoint.pairing import Pairing, TensorPair, pair_sources
-from mechdiff.checkpoint.sources import TensorSource
+from mechdiff.checkpoint.sources import TORCH_DTYPES, TensorSource, read_tensor
 from mechdiff.diffing.heads import HeadChange, HeadSlice, head_slices
 from mechdiff.diffing.readout import ReadoutMatrices, Vocabulary
 from mechdiff.diffing.weights_result import TensorChange, WeightDiff
@@ -102,10 +102,11 @@ def diff_sources(
     device = config.resolved_device(ctx.local_rank)
     readout = _readout_matrices(base, pairing)
     mine = shard_by_size([p.numel for p in pairing.pairs], ctx.world)[ctx.rank]
-    local, workspace = [], DeltaWorkspace()
+    local, workspace, reader = [], DeltaWorkspace(), PairReader(base, ft)
     for index in mine:
         pair = pairing.pairs[index]
-        local.append((index, _analyze_pair(base, ft, pair, pairing.layout, readout, config, device, workspace)))
+        b, f = reader.read(pair)
+        local.append((index, _analyze_pair(b, f, pair, pairing.layout, readout, config, device, workspace)))
         if progress:
             progress(pair)
     gathered = gather_to_main(ctx, local)
@@ -137,8 +138,40 @@ def _config_json(config: DiffConfig) -> dict:
     return dataclasses.asdict(config)
 
 
-def _load_pair(base: TensorSource, ft: TensorSource, pair: TensorPair) -> tuple[torch.Tensor, torch.Tensor]:
-    b, f = base.get(pair.base_name), ft.get(pair.ft_name)
+class PairReader:
+    """Reads pairs into two reused buffers (base, ft), grown to the largest tensor.
+
+    Why: a fresh buffer per tensor faults in every page again (the allocator returns
+    large blocks to the OS); reading a 46 MB tensor into a reused buffer took 2.4 ms, into
+    a fresh one 4.2-5.5 ms. A pair's tensors are views of the buffers, valid until the
+    next `read`. (Reading one pair ahead in a thread made the 1B diff slower on 2 cores:
+    the copy competes with the kernels' threads.)
+    """
+
+    def __init__(self, base: TensorSource, ft: TensorSource) -> None:
+        self._base, self._ft = base, ft
+        self._buffers = [bytearray(0), bytearray(0)]
+
+    def read(self, pair: TensorPair) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pair's base and ft tensors (see `_load_pair`), as views of the buffers."""
+        for side, (source, name) in enumerate(((self._base, pair.base_name), (self._ft, pair.ft_name))):
+            self._buffers[side] = _grown(self._buffers[side], source, name)
+        return _load_pair(self._base, self._ft, pair, self._buffers)
+
+
+def _grown(buffer: bytearray, source: TensorSource, name: str) -> bytearray:
+    meta = source.meta(name)
+    dtype = TORCH_DTYPES.get(meta.dtype)
+    if dtype is None or not hasattr(source, "get_into"):
+        return buffer
+    need = math.prod(meta.shape) * dtype.itemsize
+    return buffer if len(buffer) >= need else bytearray(need)
+
+
+def _load_pair(base: TensorSource, ft: TensorSource, pair: TensorPair,
+               buffers: list[bytearray] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    b_buf, f_buf = buffers or (None, None)
+    b, f = read_tensor(base, pair.base_name, b_buf), read_tensor(ft, pair.ft_name, f_buf)
     if b.shape != f.shape:  # vocabulary resize: compare the shared rows
         rows = pair.shared_rows
         b, f = b[:rows], f[:rows]
@@ -172,10 +205,9 @@ def _is_matrix(t: torch.Tensor) -> bool:
 
 
 def _analyze_pair(
-    base: TensorSource, ft: TensorSource, pair: TensorPair, layout: Layout,
+    b: torch.Tensor, f: torch.Tensor, pair: TensorPair, layout: Layout,
     readout: ReadoutMatrices, config: DiffConfig, device: torch.device, workspace: DeltaWorkspace,
 ) -> tuple[TensorChange, list, list[str]]:
-    b, f = _load_pair(base, ft, pair)
     stored = workspace.take(b.shape) if _is_matrix(b) else None  # D in storage order, same pass
     stats = delta_stats(b, f, n_bins=config.n_bins, out=stored)
     del f
