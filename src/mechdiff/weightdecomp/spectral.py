@@ -34,6 +34,7 @@ _SIGMA_STEPS = 6
 _ONE_THREAD_MAX_ENTRIES = 1 << 18  # head slices and small layers: threads cost more
 _METHODS = ("krylov", "subspace")
 _FROB_BLOCK = 1 << 20  # elements per block when streaming over D
+_THIN_DT_MIN, _THIN_DT_MAX = 8, 64  # sketch widths where _times_dt transposes the product
 
 INTRUDER_DTYPE = np.dtype([("index", np.int64), ("max_cos", np.float32)])
 
@@ -190,11 +191,18 @@ def randomized_svd(D: torch.Tensor, k: int, *, oversample: int = 10, n_iter: int
 # every prefix of blocks is a contiguous slice, and D or D^T enters BLAS as a view.
 
 
+def _times_dt(X_t: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
+    # X_t @ D.T for thin X_t [l, n]. For l of about 8-64, (D @ X_t.T).T runs a different
+    # BLAS kernel that is ~2x faster on CPU (l = 13, D [5632, 2048]: 1.9 vs 4.2 ms; the
+    # screening sketch's width); at l = 4 or 138 the plain product is ~10% faster.
+    return (D @ X_t.T).T if _THIN_DT_MIN <= X_t.shape[0] <= _THIN_DT_MAX else X_t @ D.T
+
+
 def _subspace_basis(D: torch.Tensor, omega_t: torch.Tensor, n_iter: int
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    Q_t = _orthonormal_rows(omega_t @ D.T)  # [l, m]
+    Q_t = _orthonormal_rows(_times_dt(omega_t, D))  # [l, m]
     for _ in range(n_iter):
-        Q_t = _orthonormal_rows(_orthonormal_rows(Q_t @ D) @ D.T)
+        Q_t = _orthonormal_rows(_times_dt(_orthonormal_rows(Q_t @ D), D))
     return Q_t, Q_t @ D
 
 
@@ -205,12 +213,12 @@ def _krylov_basis(D: torch.Tensor, omega_t: torch.Tensor, n_iter: int
     (m, n), width = D.shape, omega_t.shape[0]
     Q_t = D.new_empty(width * (n_iter + 1), m)  # blocks Q_i^T [l, m]
     B = D.new_empty(width * (n_iter + 1), n)  # blocks Q_i^T D [l, n]
-    Q_t[:width] = _orthonormal_rows(omega_t @ D.T)
+    Q_t[:width] = _orthonormal_rows(_times_dt(omega_t, D))
     for start in range(0, width * (n_iter + 1), width):
         stop = start + width
         B[start:stop] = Q_t[start:stop] @ D
         if stop < len(Q_t):
-            Y_t = _orthonormal_rows(B[start:stop]) @ D.T  # [l, m], in span (D D^T) Q_i
+            Y_t = _times_dt(_orthonormal_rows(B[start:stop]), D)  # [l, m], in span (D D^T) Q_i
             Q_t[stop:stop + width] = _orthonormal_rows_against(Y_t, Q_t[:stop])
     return Q_t, B
 
