@@ -235,14 +235,19 @@ def _count_intruders(base: TensorSource, ft: TensorSource, pairing: Pairing, cha
                      config: DiffConfig) -> None:
     """Second pass over the few top structured matrices: intruder dimensions of W_ft."""
     structured = sorted((c for c in changes if c.rank > 0), key=lambda c: -c.score)[: config.intruder_top]
-    pairs = {p.name: p for p in pairing.pairs}
+    pairs, reader = {p.name: p for p in pairing.pairs}, PairReader(base, ft)
     for change in structured:
         pair = pairs[change.tensor]
-        b, f = _load_pair(base, ft, pair)
-        w_base = _oriented(b, pair.info).float().nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
-        w_ft = _oriented(f, pair.info).float().nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
+        b, f = reader.read(pair)
+        w_base, w_ft = (_finite_float(_oriented(t, pair.info)) for t in (b, f))
         k = min(16, config.spectral.k)
         change.n_intruders = len(intruder_dimensions(w_base, w_ft, k=k, seed=config.spectral.seed))
+
+
+def _finite_float(t: torch.Tensor) -> torch.Tensor:
+    """A float32 copy with NaN/Inf zeroed (in place on the copy: one allocation, not two)."""
+    out = t.float() if t.dtype != torch.float32 else t.clone()
+    return out.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def _oriented(t: torch.Tensor, info: TensorInfo) -> torch.Tensor:
