@@ -363,5 +363,6 @@ def _readout_matrices(base: TensorSource, pairing: Pairing) -> ReadoutMatrices:
         if norm_pair is not None and unembed is not None:
             gain = base.get(norm_pair.base_name).float() + layout.norm_offset
             if gain.shape == unembed.shape[1:]:
-                unembed = unembed * gain  # logits of direction x are W_U (g * x)
+                # logits of direction x are W_U (g * x); in place unless tied to the embedding
+                unembed = unembed * gain if unembed is embed else unembed.mul_(gain)
     return ReadoutMatrices(embed, unembed, Vocabulary.from_folder(base.folder))
