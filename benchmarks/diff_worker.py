@@ -66,13 +66,25 @@ def _ours(base: str, ft: str) -> dict:
             for c in result.changes}
 
 
+def _peak_rss_mb() -> float:
+    """This process's own peak RSS. Linux keeps ru_maxrss across exec, so a worker started by
+    a big harness process would report the harness's peak; VmHWM belongs to this image."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def main() -> None:
     mode, base, ft, out = sys.argv[1:5]
     torch.set_num_threads(torch.get_num_threads())
     start = time.perf_counter()
     detail = {"ours": _ours, "stream_norms": _stream_norms, "load_whole": _load_whole, "full_svd": _full_svd}[mode](base, ft)
     seconds = time.perf_counter() - start
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = _peak_rss_mb()
     Path(out).write_text(json.dumps({"mode": mode, "seconds": seconds, "peak_rss_mb": peak_mb, "detail": detail}))
 
 

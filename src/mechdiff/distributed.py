@@ -58,7 +58,22 @@ def init_from_env(device: str = "cpu") -> DistContext:
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend=backend)
         atexit.register(_destroy_group)
+        _match_numba_threads()
     return DistContext(dist.get_rank(), dist.get_world_size(), local_rank)
+
+
+def _match_numba_threads() -> None:
+    """Give numba's kernels the threads torch has on this rank (torchrun sets OMP_NUM_THREADS).
+
+    Why: numba otherwise starts one thread per core in every rank, so N ranks on one
+    machine would run N x cores kernel threads beside torch's OMP_NUM_THREADS per rank.
+    """
+    import numba
+
+    from mechdiff.kernels.resolver import prefer_workqueue_threads
+
+    prefer_workqueue_threads()  # before numba starts its thread pool: the layer is fixed then
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
 
 
 def _destroy_group() -> None:

@@ -68,7 +68,7 @@ def cuda_available() -> bool:
 
 
 @functools.cache
-def _prefer_workqueue_threads() -> None:
+def prefer_workqueue_threads() -> None:
     """Use numba's workqueue threads unless the user chose a layer (NUMBA_THREADING_LAYER).
 
     Why: numba's default OpenMP pool and torch's OpenMP pool both spin-wait between
@@ -111,7 +111,7 @@ def resolve(name: str, device: str) -> Callable:
         raise KeyError(f"unknown kernel {name!r}; known: {', '.join(_REGISTRY)}")
     backend = backend_for(device)
     if backend == "numba":
-        _prefer_workqueue_threads()
+        prefer_workqueue_threads()
     module_name, func_name = _REGISTRY[name][backend].split(":")
     module = importlib.import_module(f"mechdiff.kernels.{module_name}")
     return getattr(module, func_name)
