@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 
 from mechdiff.checkpoint.safetensors_header import (
@@ -98,7 +99,8 @@ class SafetensorsFile:
         if dtype is None:
             raise InputError(f"{self.path}: tensor {name!r} has dtype {entry.dtype}, which mechdiff cannot read yet")
         size = entry.end - entry.begin
-        buffer = memoryview(buffer)[:size] if buffer is not None and len(buffer) >= size else bytearray(size)
+        # a new buffer is left uninitialized: zero-filling it first cost as much as the read
+        buffer = memoryview(buffer)[:size] if buffer is not None and len(buffer) >= size else np.empty(size, np.uint8)
         try:
             with open(self.path, "rb") as fh:
                 fh.seek(self.header.data_start + entry.begin)
@@ -107,7 +109,7 @@ class SafetensorsFile:
             raise InputError(f"{self.path}: cannot read tensor {name!r}: {exc.strerror or exc}") from exc
         if got != len(buffer):
             raise InputError(f"{self.path}: tensor {name!r} is cut short (the file changed or is truncated)")
-        if not buffer:
+        if size == 0:
             return torch.empty(entry.shape, dtype=dtype)
         return torch.frombuffer(buffer, dtype=dtype).reshape(entry.shape)
 
