@@ -17,7 +17,7 @@ from mechdiff.checkpoint.sources import TORCH_DTYPES, TensorSource, read_tensor
 from mechdiff.diffing.heads import HeadChange, HeadSlice, head_slices
 from mechdiff.diffing.readout import ReadoutMatrices, Vocabulary
 from mechdiff.diffing.weights_result import TensorChange, WeightDiff
-from mechdiff.distributed import DistContext, gather_to_main, shard_by_size
+from mechdiff.distributed import SINGLE, DistContext, gather_to_main, shard_by_size
 from mechdiff.kernels import delta_stats
 from mechdiff.weightdecomp.spectral import (
     SpectralConfig,
@@ -98,7 +98,7 @@ def diff_sources(
         The ranked WeightDiff (None on ranks other than 0).
     """
     config = config or DiffConfig()
-    ctx = ctx or DistContext()
+    ctx = ctx or SINGLE
     pairing = pairing or pair_sources(base, ft)
     device = config.resolved_device(ctx.local_rank)
     readout = _readout_matrices(base, pairing)
@@ -114,10 +114,11 @@ def diff_sources(
     if gathered is None:
         return None
     analyzed = [item for _, item in sorted((x for rank_items in gathered for x in rank_items), key=lambda x: x[0])]
-    return _assemble(base, ft, pairing, analyzed, config)
+    return _assemble(base, ft, pairing, analyzed, config, reader)
 
 
-def _assemble(base: TensorSource, ft: TensorSource, pairing: Pairing, analyzed: list, config: DiffConfig) -> WeightDiff:
+def _assemble(base: TensorSource, ft: TensorSource, pairing: Pairing, analyzed: list, config: DiffConfig,
+              reader: PairReader) -> WeightDiff:
     changes, heads, warnings, moved = [], {}, list(pairing.warnings), []
     for change, pair_heads, pair_moved in analyzed:
         changes.append(change)
@@ -125,7 +126,7 @@ def _assemble(base: TensorSource, ft: TensorSource, pairing: Pairing, analyzed: 
         for (part, layer, head, kind), spec in pair_heads:
             heads.setdefault((layer, head, kind), HeadChange(layer, head, kind)).add(part, *spec)
         warnings += _nonfinite_warnings(change)
-    _count_intruders(base, ft, pairing, changes, config)
+    _count_intruders(reader, pairing, changes, config)
     warnings += [f"{r['tensor']} was resized {r['base_shape']} -> {r['ft_shape']}; shared rows compared"
                  for r in pairing.reshaped]
     return WeightDiff(
@@ -156,7 +157,7 @@ class PairReader:
         self._pool: ThreadPoolExecutor | None = None
 
     def read(self, pair: TensorPair) -> tuple[torch.Tensor, torch.Tensor]:
-        """The pair's base and ft tensors (see `_load_pair`), as views of the buffers."""
+        """The pair's base and ft tensors (see `_matched`), as views of the buffers."""
         for side, (source, name) in enumerate(((self._base, pair.base_name), (self._ft, pair.ft_name))):
             self._buffers[side] = _grown(self._buffers[side], source, name)
         if self._pool is None:
@@ -180,13 +181,8 @@ def _grown(buffer: bytearray, source: TensorSource, name: str) -> bytearray:
     return buffer if len(buffer) >= need else bytearray(need)
 
 
-def _load_pair(base: TensorSource, ft: TensorSource, pair: TensorPair,
-               buffers: list[bytearray] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    b_buf, f_buf = buffers or (None, None)
-    return _matched(read_tensor(base, pair.base_name, b_buf), read_tensor(ft, pair.ft_name, f_buf), pair)
-
-
 def _matched(b: torch.Tensor, f: torch.Tensor, pair: TensorPair) -> tuple[torch.Tensor, torch.Tensor]:
+    """The compared parts of a pair: shared rows after a vocabulary resize, one native dtype."""
     if b.shape != f.shape:  # vocabulary resize: compare the shared rows
         rows = pair.shared_rows
         b, f = b[:rows], f[:rows]
@@ -246,11 +242,11 @@ def _analyze_pair(
     return change, heads, moved
 
 
-def _count_intruders(base: TensorSource, ft: TensorSource, pairing: Pairing, changes: list[TensorChange],
+def _count_intruders(reader: PairReader, pairing: Pairing, changes: list[TensorChange],
                      config: DiffConfig) -> None:
     """Second pass over the few top structured matrices: intruder dimensions of W_ft."""
     structured = sorted((c for c in changes if c.rank > 0), key=lambda c: -c.score)[: config.intruder_top]
-    pairs, reader = {p.name: p for p in pairing.pairs}, PairReader(base, ft)
+    pairs = {p.name: p for p in pairing.pairs}
     for change in structured:
         pair = pairs[change.tensor]
         b, f = reader.read(pair)
