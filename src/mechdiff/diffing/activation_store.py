@@ -18,6 +18,9 @@ import h5py
 import numpy as np
 import torch
 
+from mechdiff.distributed import SINGLE, DistContext, all_reduce
+from mechdiff.errors import InputError
+
 _ORDER_SEED_STRIDE = 1_000_003  # seeds of consecutive passes must not collide across run seeds
 
 
@@ -146,11 +149,23 @@ def from_tensor(acts_NMD: torch.Tensor, scale_sample_rows: int = 20_000) -> Pair
     return acts
 
 
-def norm_scales(sample_BMD: torch.Tensor) -> torch.Tensor:
-    """[M] multipliers sqrt(D) / mean ||x^m|| estimated on a sample [n, M, D]."""
-    mean_norm_M = sample_BMD.norm(dim=-1).mean(dim=0)
+def norm_scales(sample_BMD: torch.Tensor, ctx: DistContext = SINGLE) -> torch.Tensor:
+    """[M] multipliers sqrt(D) / mean ||x^m|| estimated on a sample [n, M, D].
+
+    Under torchrun the mean runs over every rank's sample, so all ranks normalize alike.
+
+    Raises:
+        InputError: a model's sampled activations are all zero.
+    """
+    norms_nM = sample_BMD.norm(dim=-1)
+    if ctx.active:
+        sums = torch.cat([norms_nM.double().sum(dim=0), torch.tensor([norms_nM.shape[0]], dtype=torch.float64)])
+        sums = all_reduce(ctx, sums)
+        mean_norm_M = (sums[:-1] / sums[-1]).float()
+    else:
+        mean_norm_M = norms_nM.mean(dim=0)
     if not bool(torch.all(mean_norm_M > 0)):
-        raise ValueError("activations are all zero for a model; cannot normalize")
+        raise InputError("activations are all zero for a model; cannot normalize")
     return sample_BMD.shape[-1] ** 0.5 / mean_norm_M
 
 

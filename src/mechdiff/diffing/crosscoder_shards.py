@@ -12,11 +12,10 @@ from dataclasses import replace
 from typing import TypeVar
 
 import numpy as np
-import torch
 
-from mechdiff.diffing.activation_store import PairedActivations
+from mechdiff.diffing.activation_store import PairedActivations, norm_scales
 from mechdiff.diffing.activations import ActivationConfig
-from mechdiff.distributed import DistContext, all_reduce, share_of, strided_shard
+from mechdiff.distributed import DistContext, share_of, strided_shard
 from mechdiff.errors import InputError
 
 T = TypeVar("T")
@@ -43,16 +42,5 @@ def globalize(data: PairedActivations, ids: np.ndarray, sample_rows: int, ctx: D
         return data
     data.doc = ids[data.doc]
     data.doc_global = ids
-    data.scales = shared_scales(data, share_of(sample_rows, ctx), ctx)
+    data.scales = norm_scales(data.scale_estimate_rows(max(1, share_of(sample_rows, ctx))), ctx)
     return data
-
-
-def shared_scales(data: PairedActivations, sample_rows: int, ctx: DistContext) -> torch.Tensor:
-    """[M] sqrt(D) / mean ||x^m|| over the samples of all ranks (see activation_store.norm_scales)."""
-    sample = data.scale_estimate_rows(max(1, sample_rows))
-    sums = torch.cat([sample.norm(dim=-1).double().sum(dim=0), torch.tensor([sample.shape[0]], dtype=torch.float64)])
-    sums = all_reduce(ctx, sums)
-    mean_norm_M = sums[:-1] / sums[-1]
-    if not bool(torch.all(mean_norm_M > 0)):
-        raise InputError("activations are all zero for a model; cannot normalize")
-    return (data.d_model ** 0.5 / mean_norm_M).float()
