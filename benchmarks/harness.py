@@ -37,6 +37,25 @@ def time_call(fn: Callable[[], object], *, repeat: int = 5, warmup: int = 1) -> 
     return statistics.median(times)
 
 
+def time_alternating(fns: list[Callable[[], object]], *, repeat: int = 9) -> list[float]:
+    """Median wall time of each of `fns`, timed in turns (a, b, a, b, ...).
+
+    For short calls compared with each other: taking turns gives each the same cache
+    and load conditions (a copy that evicts the other's inputs from the shared L3 cache,
+    a noisy neighbour), where timing one after the other would favour whichever ran
+    while the machine was quiet.
+    """
+    for fn in fns:
+        fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(max(1, repeat)):
+        for fn, record in zip(fns, times, strict=True):
+            start = time.perf_counter()
+            fn()
+            record.append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
+
+
 def make_row(name: str, baseline: str, baseline_s: float, ours_s: float, **extra: object) -> dict:
     """One benchmark result in the harness contract.
 

@@ -67,6 +67,23 @@ def test_delta_output_keeps_the_shape_order_and_zeroes_non_finite_pairs():
     assert stats.n_excluded == 2 and stats.sum_d2 == 0.25 + 0.0625 + 4.0
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+def test_non_finite_values_deep_inside_a_large_tensor(dtype):
+    # blocks are first summed without NaN/Inf tests and redone when a sum is not finite:
+    # bad values in late blocks (and finite float64 values whose squares overflow) must
+    # come out exactly as in the reference, d included
+    base, ft = noisy_pair(300_001, dtype, seed=7)
+    for i, (b, f) in enumerate([(math.nan, 1.0), (2.0, math.inf), (-math.inf, math.nan)]):
+        base[150_000 + 5000 * i], ft[150_000 + 5000 * i] = b, f
+    if dtype == torch.float64:
+        base[299_000], ft[299_000] = 1e200, -1e200
+    got, want = torch.empty(base.numel()), torch.empty(base.numel())
+    stats = delta_stats_numba(base, ft, 64, out=got)
+    assert_same_stats(stats, delta_stats_reference(base, ft, 64, out=want))
+    torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+    assert stats.n_excluded == 4 + 3  # noisy_pair's four bad pairs and ours
+
+
 def test_delta_output_must_fit():
     with pytest.raises(ValueError, match="contiguous float32"):
         delta_stats(torch.zeros(3), torch.zeros(3), out=torch.zeros(4))

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from llvmlite import ir
 from numba import types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 
 @intrinsic
@@ -71,3 +71,19 @@ def f32_as_i32(typingctx, value):
         return builder.bitcast(args[0], ir.IntType(32))
 
     return sig, codegen
+
+
+def as_f64(a, i):
+    """a[i] as a float64 inside @njit code; a uint16 array holds bf16 bits.
+
+    Dispatched on the array's type when numba compiles the caller, so a loop over bf16
+    bits decodes in place (no buffer pass) and still vectorizes.
+    """
+    raise NotImplementedError("as_f64 is only callable from @njit code")
+
+
+@overload(as_f64, inline="always")
+def _as_f64_impl(a, i):
+    if a.dtype == types.uint16:
+        return lambda a, i: np.float64(u32_as_f32(np.uint32(a[i]) << 16))
+    return lambda a, i: np.float64(a[i])

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from mechdiff.kernels._bits import as_bits_or_float, f64_as_i64, half_table, u32_as_f32
+from mechdiff.kernels._bits import as_bits_or_float, as_f64, f64_as_i64, half_table
 from mechdiff.kernels.resolver import resolve
 
 HIST_TOP_EXP = 16
@@ -33,6 +33,7 @@ SERIAL_BELOW = 1 << 17
 # infinity tests keep their IEEE meaning (tests check the NaN/Inf counts).
 FASTMATH = {"reassoc", "contract"}
 _REFERENCE_CHUNK = 1 << 22
+_FLUSH_EVERY = 1 << 30  # elements between flushes of the int32 sub-histograms
 
 
 @dataclass(frozen=True, eq=False)
@@ -232,26 +233,37 @@ def _delta_stats_serial(b, f, kind, table, n_bins, d):  # pragma: no cover (numb
 @njit(cache=True)
 def _chunk_stats(b, f, kind, table, n_bins, sums, counts, hist, d):  # pragma: no cover (numba)
     # the hot loops live outside the prange body, where numba compiles them as plain
-    # functions that LLVM vectorizes. d is the float32 delta output, or empty when the
-    # caller wants statistics only: the block loop then writes into a scratch block that
-    # stays in L1, so one loop serves both without a branch per element.
+    # functions that LLVM vectorizes. bf16 bits go to the block loop as they are (it
+    # decodes them in registers); fp16 and float inputs are decoded into small float64
+    # buffers that stay in L1. d is the float32 delta output, or empty when the caller
+    # wants statistics only: the block loop then writes into a scratch block.
     buf_b = np.empty(BLOCK)
     buf_f = np.empty(BLOCK)
     scratch = np.empty(BLOCK, np.float32)
-    slots = np.empty(BLOCK, np.int64)
-    # eight interleaved histograms: deltas crowd into a few bins, and a single counter
-    # would serialize on store-to-load forwarding
-    sub_hist = np.zeros((8, n_bins + 2), np.int64)
+    slots = np.empty(BLOCK, np.uint32)
+    # eight interleaved int32 histograms in one flat array, indexed with unsigned ints (no
+    # wraparound check): deltas crowd into a few bins, and a single counter would
+    # serialize on store-to-load forwarding
+    stride = np.uint32(n_bins + 2)
+    sub_hist = np.zeros(8 * (n_bins + 2), np.int32)
     maxbits = 0
     for start in range(0, b.size, BLOCK):
         m = min(BLOCK, b.size - start)
-        _decode_block(b[start:start + m], kind, table, buf_b)
-        _decode_block(f[start:start + m], kind, table, buf_f)
-        dst = d[start:start + m] if d.size else scratch
-        maxbits = max(maxbits, _block_stats(buf_b, buf_f, m, n_bins, sums, counts, slots, dst))
+        dst = d[start:start + m] if d.size else scratch[:m]
+        if kind == 1:
+            block_max = _block_stats(b[start:start + m], f[start:start + m], n_bins, sums,
+                                     counts, slots, dst)
+        else:
+            _decode_block(b[start:start + m], kind, table, buf_b)
+            _decode_block(f[start:start + m], kind, table, buf_f)
+            block_max = _block_stats(buf_b[:m], buf_f[:m], n_bins, sums, counts, slots, dst)
+        maxbits = max(maxbits, block_max)
         for i in range(m):
-            sub_hist[i & 7, slots[i]] += 1
-    hist += sub_hist.sum(axis=0)
+            sub_hist[np.uint32(i & 7) * stride + slots[i]] += 1
+        if (start + m) % _FLUSH_EVERY == 0 or start + m == b.size:  # int32 stays far from overflow
+            for k in range(8):
+                hist += sub_hist[k * (n_bins + 2):(k + 1) * (n_bins + 2)]
+            sub_hist[:] = 0
     return maxbits
 
 
@@ -259,10 +271,7 @@ def _chunk_stats(b, f, kind, table, n_bins, sums, counts, hist, d):  # pragma: n
 def _decode_block(src, kind, table, out):  # pragma: no cover (numba)
     # loops over whole slices: indexing src[start + i] would keep numba's negative-index
     # wraparound check in the loop and stop LLVM from vectorizing it
-    if kind == 1:  # bf16 bits are the high half of a float32
-        for i in range(src.size):
-            out[i] = u32_as_f32(np.uint32(src[i]) << 16)
-    elif kind == 2:
+    if kind == 2:  # fp16 bits (bf16 bits are decoded in the block loop itself)
         for i in range(src.size):
             out[i] = table[np.intp(src[i])]
     else:
@@ -270,25 +279,48 @@ def _decode_block(src, kind, table, out):  # pragma: no cover (numba)
             out[i] = src[i]
 
 
-@njit(cache=True, fastmath=FASTMATH)
-def _block_stats(x, y, m, n_bins, sums, counts, slots, dst):  # pragma: no cover (numba)
+@njit(cache=True)
+def _block_stats(x, y, n_bins, sums, counts, slots, dst):  # pragma: no cover (numba)
     """Accumulate one block into sums/counts; write each element's histogram slot and d.
 
+    x, y: the block's values (float arrays, or uint16 arrays of bf16 bits).
     Slot 0 = exact zero, 1..n_bins = octave bins, n_bins + 1 = excluded pair (dropped).
     dst[i] = float32(y - x), 0 for an excluded pair.
     Returns the max of |d| as int64 bits (non-negative floats order like their bits).
+    """
+    # a pass without per-element NaN/Inf tests first: any NaN or Inf on either side
+    # makes sum_b2 or sum_f2 non-finite, and only then is the block redone with them
+    sb2, sf2, sbf, sd2, maxbits, excluded = _block_pass(x, y, n_bins, slots, dst, False)
+    if not (sb2 + sf2 + sd2 < np.inf):  # also True for NaN
+        sb2, sf2, sbf, sd2, maxbits, excluded = _block_pass(x, y, n_bins, slots, dst, True)
+        if excluded:
+            _count_non_finite(x, y, counts)
+        counts[4] += excluded
+    sums[0] += sb2
+    sums[1] += sf2
+    sums[2] += sbf
+    sums[3] += sd2
+    return maxbits
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _block_pass(x, y, n_bins, slots, dst, careful):  # pragma: no cover (numba)
+    """One loop over a block: (sums of b^2, f^2, bf, d^2, max |d| bits, excluded pairs).
+
+    careful=False assumes every value is finite (LLVM unswitches the flag out of the loop).
     """
     lo = HIST_TOP_EXP - n_bins
     sb2 = sf2 = sbf = sd2 = 0.0
     excluded = 0
     maxbits = 0
-    for i in range(m):
-        xv, yv = x[i], y[i]
-        # one comparison per side finds NaN and +-Inf (NaN compares false)
-        bad = not (abs(xv) < np.inf and abs(yv) < np.inf)
-        excluded += bad
-        xv = 0.0 if bad else xv
-        yv = 0.0 if bad else yv
+    for i in range(x.size):
+        xv, yv = as_f64(x, i), as_f64(y, i)
+        bad = False
+        if careful:  # one comparison per side finds NaN and +-Inf (NaN compares false)
+            bad = not (abs(xv) < np.inf and abs(yv) < np.inf)
+            excluded += bad
+            xv = 0.0 if bad else xv
+            yv = 0.0 if bad else yv
         d = yv - xv
         dst[i] = d
         sb2 += xv * xv
@@ -300,23 +332,17 @@ def _block_stats(x, y, m, n_bins, sums, counts, slots, dst):  # pragma: no cover
         octave = min(max((bits >> 52) - 1023 - lo, 0), n_bins - 1) + 1
         slot = 0 if bits == 0 else octave
         slots[i] = n_bins + 1 if bad else slot
-    sums[0] += sb2
-    sums[1] += sf2
-    sums[2] += sbf
-    sums[3] += sd2
-    if excluded:  # rare: tell NaN from Inf only in blocks that have either
-        _count_non_finite(x[:m], y[:m], counts)
-    counts[4] += excluded
-    return maxbits
+    return sb2, sf2, sbf, sd2, maxbits, excluded
 
 
 @njit(cache=True)
 def _count_non_finite(x, y, counts):  # pragma: no cover (numba)
     for i in range(x.size):
-        counts[0] += np.isnan(x[i])
-        counts[1] += np.isinf(x[i])
-        counts[2] += np.isnan(y[i])
-        counts[3] += np.isinf(y[i])
+        xv, yv = as_f64(x, i), as_f64(y, i)
+        counts[0] += np.isnan(xv)
+        counts[1] += np.isinf(xv)
+        counts[2] += np.isnan(yv)
+        counts[3] += np.isinf(yv)
 
 
 def delta_stats(base: torch.Tensor, ft: torch.Tensor, *, n_bins: int = 64,
