@@ -31,7 +31,8 @@ def entries(m, n_latents, seed):
 
 @pytest.mark.parametrize("backend", ["numba", "reference"])
 @pytest.mark.parametrize(("m", "n_latents", "n", "chunk"), [
-    (500, 7, 3, 61), (1, 1, 1, 1), (0, 3, 2, 5), (331, 29, 5, 331), (40, 101, 4, 7)])
+    (500, 7, 3, 61), (1, 1, 1, 1), (0, 3, 2, 5), (331, 29, 5, 331), (40, 101, 4, 7),
+    (3000, 13, 16, 250)])  # last: rows of 16, four heap levels
 def test_streaming_matches_brute_force(monkeypatch, backend, m, n_latents, n, chunk):
     monkeypatch.setenv("MECHDIFF_KERNELS", backend)
     lat, act, doc, pos = entries(m, n_latents, seed=m)

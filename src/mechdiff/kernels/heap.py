@@ -23,57 +23,37 @@ def better(a1, d1, p1, a2, d2, p2):
     return p1 < p2
 
 
-def swap(act, doc, pos, row, i, k):
-    """Exchange slots i and k of one row."""
-    act[row, i], act[row, k] = act[row, k], act[row, i]
-    doc[row, i], doc[row, k] = doc[row, k], doc[row, i]
-    pos[row, i], pos[row, k] = pos[row, k], pos[row, i]
-
-
-def sift_up(act, doc, pos, row, i):
-    """Move slot i towards the root while it ranks below its parent."""
-    while i > 0:
-        parent = (i - 1) // 2
-        if not better(act[row, parent], doc[row, parent], pos[row, parent],
-                      act[row, i], doc[row, i], pos[row, i]):
-            return
-        swap(act, doc, pos, row, i, parent)
-        i = parent
-
-
-def sift_down(act, doc, pos, row, size):
-    """Move the root down until both children rank above it."""
-    i = 0
-    while True:
-        worst = i
-        left, right = 2 * i + 1, 2 * i + 2
-        if left < size and better(act[row, worst], doc[row, worst], pos[row, worst],
-                                  act[row, left], doc[row, left], pos[row, left]):
-            worst = left
-        if right < size and better(act[row, worst], doc[row, worst], pos[row, worst],
-                                   act[row, right], doc[row, right], pos[row, right]):
-            worst = right
-        if worst == i:
-            return
-        swap(act, doc, pos, row, i, worst)
-        i = worst
-
-
 def offer(act, doc, pos, count, row, a, d, p):
-    """Keep (a, d, p) in latent `row`'s heap if it ranks among the n best so far."""
+    """Keep (a, d, p) in latent `row`'s heap if it ranks among the n best so far.
+
+    One function with the sift loops written out (no calls that pass the arrays on), and
+    the new example travels as a hole: slots move one step each instead of swapping
+    three arrays per level.
+    """
     n = act.shape[1]
-    size = count[row]
-    if size < n:
-        act[row, size] = a
-        doc[row, size] = d
-        pos[row, size] = p
-        count[row] = size + 1
-        sift_up(act, doc, pos, row, size)
-    elif better(a, d, p, act[row, 0], doc[row, 0], pos[row, 0]):
-        act[row, 0] = a
-        doc[row, 0] = d
-        pos[row, 0] = p
-        sift_down(act, doc, pos, row, n)
+    i = count[row]
+    if i < n:  # not full yet: the hole starts at the end and rises
+        count[row] = i + 1
+        while i > 0:
+            parent = (i - 1) // 2
+            if not better(act[row, parent], doc[row, parent], pos[row, parent], a, d, p):
+                break
+            act[row, i], doc[row, i], pos[row, i] = act[row, parent], doc[row, parent], pos[row, parent]
+            i = parent
+    elif better(a, d, p, act[row, 0], doc[row, 0], pos[row, 0]):  # evict the worst (root)
+        i = 0
+        while 2 * i + 1 < n:
+            c = 2 * i + 1  # the worse child moves up while the new example ranks above it
+            if c + 1 < n and better(act[row, c], doc[row, c], pos[row, c],
+                                    act[row, c + 1], doc[row, c + 1], pos[row, c + 1]):
+                c += 1
+            if not better(a, d, p, act[row, c], doc[row, c], pos[row, c]):
+                break
+            act[row, i], doc[row, i], pos[row, i] = act[row, c], doc[row, c], pos[row, c]
+            i = c
+    else:
+        return
+    act[row, i], doc[row, i], pos[row, i] = a, d, p
 
 
 def compile_heap(decorate):
@@ -83,10 +63,10 @@ def compile_heap(decorate):
         decorate: function decorator, applied lazily-compiling (nothing compiles here).
 
     Returns:
-        dict name -> compiled function for better, swap, sift_up, sift_down, offer.
+        dict name -> compiled function for better and offer.
     """
     namespace: dict = {}
-    for name in ("better", "swap", "sift_up", "sift_down", "offer"):
+    for name in ("better", "offer"):
         source = globals()[name]
         # a copy whose globals are `namespace`, so its calls resolve to compiled siblings
         clone = types.FunctionType(source.__code__, namespace, name)
