@@ -232,18 +232,28 @@ def _orthonormal_rows_against(Y_t: torch.Tensor, Q_t: torch.Tensor) -> torch.Ten
 
 
 def _orthonormal_rows(Y_t: torch.Tensor) -> torch.Tensor:
-    # CholeskyQR2 on the float64 Gram matrix: two small BLAS-3 products instead of a
-    # Householder QR, which is 10-100x slower on a [l, m] block with MKL threads.
+    # CholeskyQR2: two small BLAS-3 products per pass instead of a Householder QR, which
+    # is 10-100x slower on a [l, m] block with MKL threads. The first pass forms the Gram
+    # matrix in float64 (it squares Y's condition number); the second starts from nearly
+    # orthonormal rows, so float32 suffices. Each pass applies L^-1 as a product with the
+    # small explicit inverse in Y's dtype: a float64 triangular solve over the long side
+    # cost 2-3x as much, for orthogonality 3e-9 instead of 3e-7 (float32 round-off).
     # A rank-deficient block (exhausted Krylov space) falls back to Householder.
-    Y64 = Y_t.double()
-    for _ in range(2):
-        gram = Y64 @ Y64.T
+    Q_t = Y_t
+    for first in (True, False):
+        if first:
+            Y64 = Q_t.double()
+            gram = Y64 @ Y64.T
+        else:
+            gram = (Q_t @ Q_t.T).double()
         with _one_thread():
             L, info = torch.linalg.cholesky_ex(gram)
             if int(info) != 0:
                 return torch.linalg.qr(Y_t.T).Q.T.contiguous()
-            Y64 = torch.linalg.solve_triangular(L, Y64, upper=False)
-    return Y64.to(Y_t.dtype)
+            eye = torch.eye(L.shape[0], dtype=L.dtype, device=L.device)
+            L_inv = torch.linalg.solve_triangular(L, eye, upper=False)
+        Q_t = L_inv.to(Y_t.dtype) @ Q_t
+    return Q_t
 
 
 @contextmanager
