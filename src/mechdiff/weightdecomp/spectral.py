@@ -224,11 +224,12 @@ def _krylov_basis(D: torch.Tensor, omega_t: torch.Tensor, n_iter: int
 
 
 def _orthonormal_rows_against(Y_t: torch.Tensor, Q_t: torch.Tensor) -> torch.Tensor:
-    # Block Gram-Schmidt applied twice (DGKS): once is not enough in float32 when the
-    # Krylov space is nearly exhausted and Y is mostly round-off.
+    # Block classical Gram-Schmidt with the projection applied twice (CGS2): once is not
+    # enough in float32 when the Krylov space is nearly exhausted and Y is mostly
+    # round-off. Projection is linear, so one orthonormalization after both suffices.
     for _ in range(2):
-        Y_t = _orthonormal_rows(Y_t - (Y_t @ Q_t.T) @ Q_t)
-    return Y_t
+        Y_t = Y_t - (Y_t @ Q_t.T) @ Q_t
+    return _orthonormal_rows(Y_t)
 
 
 def _orthonormal_rows(Y_t: torch.Tensor) -> torch.Tensor:
