@@ -14,8 +14,8 @@ edge plus a Tracy-Widom margin, and undo the inflation above to get each theta_i
 drift is not iid (rows and columns have their own scales), so a value must also clear
 the top singular value of D with random entry signs, which keeps the variance profile
 but no low-rank structure. The top triplets come from a block Krylov sketch (8 passes
-over D by default); memory beyond D is one copy of D (the sign flip) plus [m + n, ~150]
-float32 bases.
+over D by default); memory beyond D is [m + n, ~150] float32 bases (the sign flip works
+on D in place and restores it; a non-contiguous D is copied first).
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from mechdiff.kernels.signs import signs_flipped
 
 # Below this many entries an exact SVD is as fast as a sketch and gives every value.
 _EXACT_MAX_ENTRIES = 1 << 16
@@ -71,8 +73,8 @@ class SpectralConfig:
     any variance profile, so this cut follows row/column-scaled drift, which an iid edge
     mistakes for structure (pure drift with row and column scales spread 2x came out as
     rank 3-22 on average from 64x256 to 512x1024 without it, 0-0.25 with it; spread 4x:
-    16-97 without, 0.1-0.45 with). Costs one copy of D and a thin deep sketch
-    (benchmarks/bench_spectral.py, signflip-cost row)."""
+    16-97 without, 0.1-0.45 with). Costs a thin deep sketch of D with its signs
+    flipped in place (benchmarks/bench_spectral.py, signflip-cost row)."""
     signflip_quantile: float = 3.0
     """Margin above the sign-flipped top value, in Tracy-Widom units; it compares two
     draws of the same law, so 3 units leave some heteroscedastic tensors at rank 1."""
@@ -538,22 +540,14 @@ def _detect(D: torch.Tensor, S: torch.Tensor, frob2: float, config: SpectralConf
 
 
 def _signflip_top(D: torch.Tensor, config: SpectralConfig) -> float:
-    # Top singular value of D * R, R_ij = +-1 at random, raised by the sketch margin when
-    # sketched (a thin deep Krylov basis: depth matters more than width here). Signs are
-    # drawn on the CPU a block at a time (one extra copy of D in all) and moved, so CPU
-    # and CUDA flip the same entries and reach the same cut. Eight signs come from each
-    # random byte, as int8: half the time of drawing a float per entry and taking its sign.
-    rng = np.random.default_rng(config.seed + 1)
-    flipped = torch.empty_like(D)
-    rows = max(1, _FROB_BLOCK // D.shape[1])
-    for i in range(0, D.shape[0], rows):
-        block = D[i:i + rows]
-        bits = np.unpackbits(rng.integers(0, 256, (block.numel() + 7) // 8, dtype=np.uint8), count=block.numel())
-        signs = torch.from_numpy(np.subtract(1, bits << 1, dtype=np.int8)).view(block.shape)
-        torch.mul(block, signs.to(D.device), out=flipped[i:i + rows])
+    # Top singular value of D * R, R_ij = +-1 at random (a counter-based hash, so every
+    # device flips the same entries; D is flipped in place and restored), raised by the
+    # sketch margin when sketched (a thin deep Krylov basis: depth matters more than
+    # width here).
     width, depth = 4, 8
-    _, S, _ = randomized_svd(flipped, 1, oversample=width - 1, n_iter=depth,
-                             generator=torch.Generator().manual_seed(config.seed + 1))
+    with signs_flipped(D, config.seed + 1) as flipped:
+        _, S, _ = randomized_svd(flipped, 1, oversample=width - 1, n_iter=depth,
+                                 generator=torch.Generator().manual_seed(config.seed + 1))
     exact = _use_exact(D.shape, 1, width - 1, depth, "krylov")
     return float(S[0]) * (1 + (0 if exact else config.signflip_sketch_margin))
 
