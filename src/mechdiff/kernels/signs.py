@@ -74,28 +74,19 @@ def _flip_(D: torch.Tensor, seed: int) -> None:
 
 
 def flip_signs_reference(D: torch.Tensor, seed: int) -> torch.Tensor:
-    """numpy version of `flip_signs` (same signs), for tests."""
-    src = D.detach().float().contiguous().cpu()
-    n = src.numel()
-    words = np.arange((n + _WORD - 1) // _WORD, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        bits = _mix_np(_key(seed) + words)
-    shift = (np.arange(n, dtype=np.uint64) % np.uint64(_WORD))
-    flip = (bits[np.arange(n) // _WORD] >> shift) & np.uint64(1)
-    out = np.where(flip == 1, -src.view(-1).numpy(), src.view(-1).numpy())
-    return torch.from_numpy(out.astype(np.float32)).view(src.shape).to(D.device)
+    """Element-by-element version of `flip_signs` (same signs), for tests."""
+    src = D.detach().float().contiguous().cpu().view(-1).numpy()
+    key = _key(seed)
+    bits = [_mix(key + np.uint64(w)) for w in range((src.size + _WORD - 1) // _WORD)]
+    out = np.array([-x if (int(bits[i // _WORD]) >> (i % _WORD)) & 1 else x for i, x in enumerate(src)],
+                   dtype=np.float32)
+    return torch.from_numpy(out).view(D.shape).to(D.device)
 
 
 def _key(seed: int) -> np.uint64:
-    with np.errstate(over="ignore"):
-        return _mix_np(np.uint64(seed % (1 << 64)))
-
-
-def _mix_np(x):
-    z = x + _GOLDEN
-    z = (z ^ (z >> np.uint64(30))) * _MIX1
-    z = (z ^ (z >> np.uint64(27))) * _MIX2
-    return z ^ (z >> np.uint64(31))
+    # np.uint64, not the int numba returns: an int below 2**63 would reach the kernel as
+    # int64, and numba turns int64 + uint64 into a float
+    return np.uint64(_mix(np.uint64(seed % (1 << 64))))
 
 
 @njit(cache=True)
