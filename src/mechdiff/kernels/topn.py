@@ -22,8 +22,6 @@ from mechdiff.kernels.resolver import resolve
 _offer = compile_heap(lambda f: njit(f, _nrt=False))["offer"]
 
 
-
-
 class TopN:
     """The n best (activation, doc, pos) examples of each of F latents.
 
