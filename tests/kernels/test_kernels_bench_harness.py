@@ -72,3 +72,11 @@ def test_time_call_returns_median_and_runs_warmup():
     calls = []
     seconds = harness.time_call(lambda: calls.append(1), repeat=3, warmup=2)
     assert len(calls) == 5 and seconds >= 0.0
+
+
+def test_time_alternating_takes_turns_and_returns_a_median_each():
+    calls = []
+    fast, slow = (lambda: calls.append("a")), (lambda: (calls.append("b"), sum(range(20000))))
+    times = harness.time_alternating([fast, slow], repeat=5)
+    assert calls == ["a", "b"] + ["a", "b"] * 5  # one warm-up each, then in turns
+    assert len(times) == 2 and 0 <= times[0] < times[1]
