@@ -27,17 +27,10 @@ def time_call(fn: Callable[[], object], *, repeat: int = 5, warmup: int = 1) -> 
     Returns:
         Median seconds per call.
     """
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(max(1, repeat)):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return time_alternating([fn], repeat=repeat, warmup=warmup)[0]
 
 
-def time_alternating(fns: list[Callable[[], object]], *, repeat: int = 9) -> list[float]:
+def time_alternating(fns: list[Callable[[], object]], *, repeat: int = 9, warmup: int = 1) -> list[float]:
     """Median wall time of each of `fns`, timed in turns (a, b, a, b, ...).
 
     For short calls compared with each other: taking turns gives each the same cache
@@ -45,8 +38,9 @@ def time_alternating(fns: list[Callable[[], object]], *, repeat: int = 9) -> lis
     a noisy neighbour), where timing one after the other would favour whichever ran
     while the machine was quiet.
     """
-    for fn in fns:
-        fn()
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
     times: list[list[float]] = [[] for _ in fns]
     for _ in range(max(1, repeat)):
         for fn, record in zip(fns, times, strict=True):

@@ -40,19 +40,19 @@ def signs_flipped(D: torch.Tensor, seed: int) -> Iterator[torch.Tensor]:
     Yields:
         D * R with R_i = +-1 from the hash above (D itself, or a float32 copy).
     """
-    in_place = D.dtype == torch.float32 and D.is_contiguous()
-    target = D if in_place else D.detach().float().contiguous().clone()
-    _flip_(target, seed)
+    if not (D.dtype == torch.float32 and D.is_contiguous()):
+        yield flip_signs(D, seed)
+        return
+    _flip_(D, seed)
     try:
-        yield target
+        yield D
     finally:
-        if in_place:
-            _flip_(target, seed)
+        _flip_(D, seed)
 
 
 def flip_signs(D: torch.Tensor, seed: int) -> torch.Tensor:
     """A float32 copy of D with each entry's sign flipped at random (see `signs_flipped`)."""
-    out = D.detach().float().contiguous().clone()
+    out = D.detach().to(torch.float32, memory_format=torch.contiguous_format, copy=True)
     _flip_(out, seed)
     return out
 
@@ -101,20 +101,14 @@ def _mix(x):  # pragma: no cover (numba)
 def _flip_kernel(src, out, key, offset):  # pragma: no cover (numba)
     # offset: index of src[0] in the whole matrix, a multiple of 64. Times +-1.0 rather
     # than a branch, and unsigned indices (no wraparound test): LLVM vectorizes the
-    # fixed-length inner loop, and the product is exact (NaN, Inf and -0.0 included).
+    # inner loop, and the product is exact (NaN, Inf and -0.0 included).
     n = np.uint64(src.size)
     n_words = (n + np.uint64(_WORD - 1)) // np.uint64(_WORD)
     first_word = offset // np.uint64(_WORD)
     for w in prange(n_words):
         bits = _mix(key + first_word + np.uint64(w))
         start = np.uint64(w) * np.uint64(_WORD)
-        if start + np.uint64(_WORD) <= n:
-            for k in range(_WORD):
-                i = start + np.uint64(k)
-                bit = (bits >> np.uint64(k)) & np.uint64(1)
-                out[i] = src[i] * (np.float32(1.0) - np.float32(2.0) * np.float32(bit))
-        else:
-            for k in range(n - start):
-                i = start + np.uint64(k)
-                bit = (bits >> np.uint64(k)) & np.uint64(1)
-                out[i] = src[i] * (np.float32(1.0) - np.float32(2.0) * np.float32(bit))
+        for k in range(min(np.uint64(_WORD), n - start)):
+            i = start + np.uint64(k)
+            bit = (bits >> np.uint64(k)) & np.uint64(1)
+            out[i] = src[i] * (np.float32(1.0) - np.float32(2.0) * np.float32(bit))
