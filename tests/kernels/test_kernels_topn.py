@@ -84,3 +84,29 @@ def test_bad_input_is_rejected():
         top.update(np.array([0, 1]), np.array([1.0]), np.array([0]), np.array([0]))
     with pytest.raises(ValueError, match="merge"):
         top.merge(TopN(3, 3))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_slices_and_thread_counts_keep_the_same_examples(monkeypatch, threads):
+    # many ties (small integer activations) and rows that fill mid-update; the kernel
+    # cut into slices of a few entries and run on 1 or 2 threads must equal the reference
+    import numba
+
+    from mechdiff.kernels import topn
+
+    lat, act, doc, pos = entries(5000, 37, seed=11)
+    monkeypatch.setenv("MECHDIFF_KERNELS", "reference")
+    want = TopN(37, 6)
+    want.update(lat, act, doc, pos)
+    monkeypatch.setenv("MECHDIFF_KERNELS", "numba")
+    monkeypatch.setattr(topn, "_SLICE_ENTRIES", 97)
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        got = TopN(37, 6)
+        for s in range(0, 5000, 1700):
+            got.update(lat[s:s + 1700], act[s:s + 1700], doc[s:s + 1700], pos[s:s + 1700])
+    finally:
+        numba.set_num_threads(before)
+    for g, w in zip(got.result(), want.result(), strict=True):
+        np.testing.assert_array_equal(g, w)

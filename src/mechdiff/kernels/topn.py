@@ -8,18 +8,31 @@ by (doc, pos). NaN and -inf activations are ignored (-inf marks empty slots).
 
 from __future__ import annotations
 
+import threading
+
 import numba
 import numpy as np
 import torch
 from numba import njit, prange
 
+from mechdiff.kernels._intrinsics import fetch_add, prefetch
 from mechdiff.kernels.heap import compile_heap
 from mechdiff.kernels.resolver import resolve
 
-# _nrt=False: the heap allocates nothing, and without numba's runtime each call skips the
-# atomic reference counting of its four array arguments (~65 ns a call here, more than
-# the heap work itself)
-_offer = compile_heap(lambda f: njit(f, _nrt=False))["offer"]
+# The heap is inlined into loops compiled without numba's runtime (_nrt=False: they
+# allocate nothing). A call that passes arrays on otherwise pays atomic reference counting
+# of each (~65 ns a call here, more than the heap work itself), and the same counting
+# runs inside a loop compiled with the runtime when the heap is inlined there.
+_offer = compile_heap(lambda f: njit(f, inline="always", _nrt=False))["offer"]
+# entries per kernel call: bounds the candidate scratch (int32 indices, 2 x 16 MB)
+_SLICE_ENTRIES = 1 << 22
+# latent ranges (and entry shares) per thread, handed out one at a time: 1, 2 and 4
+# measured alike on 2 threads, 8 and 16 slower (more, smaller candidate runs)
+_PARTS_PER_THREAD = 2
+# candidates ahead whose activation rows `_insert` prefetches: 4..32 measured alike,
+# none ~15% slower; prefetching the doc and pos rows too was slower (more lines in flight)
+_PREFETCH_AHEAD = 8
+_scratch = threading.local()
 
 
 class TopN:
@@ -36,9 +49,9 @@ class TopN:
             raise ValueError(f"need n_latents >= 0 and n >= 1, got {n_latents}, {n}")
         self.n_latents, self.n, self.device = n_latents, n, str(device)
         # filled by numpy: torch's fill wakes its thread pool, slow on a busy small machine
-        self.act = torch.from_numpy(np.full((n_latents, n), -np.inf, np.float32)).to(device)
-        self.doc = torch.from_numpy(np.full((n_latents, n), -1, np.int64)).to(device)
-        self.pos = torch.from_numpy(np.full((n_latents, n), -1, np.int64)).to(device)
+        self.act = torch.from_numpy(_line_aligned_full((n_latents, n), -np.inf, np.float32)).to(device)
+        self.doc = torch.from_numpy(_line_aligned_full((n_latents, n), -1, np.int64)).to(device)
+        self.pos = torch.from_numpy(_line_aligned_full((n_latents, n), -1, np.int64)).to(device)
         self.count = torch.from_numpy(np.zeros(n_latents, np.int64)).to(device)
         # chosen once: backends keep rows in different orders (heap vs sorted)
         self._update = resolve("topn_update", self.device)
@@ -118,6 +131,17 @@ class TopN:
         self.update(rows, act.ravel(), doc.ravel(), pos.ravel())
 
 
+def _line_aligned_full(shape: tuple[int, int], value, dtype) -> np.ndarray:
+    """np.full whose data starts on a 64-byte cache line (numpy's large arrays start 16
+    bytes past a page), so a row of 16 int64 spans two lines, not three."""
+    nbytes = shape[0] * shape[1] * np.dtype(dtype).itemsize
+    buf = np.empty(nbytes + 64, np.uint8)
+    start = -buf.ctypes.data % 64
+    out = buf[start:start + nbytes].view(dtype).reshape(shape)
+    out.fill(value)
+    return out
+
+
 def _as_tensor(x, dtype: torch.dtype, device: str) -> torch.Tensor:
     """Contiguous tensor of `dtype` on `device`; numpy input of that dtype is not copied."""
     t = x if torch.is_tensor(x) else torch.as_tensor(np.asarray(x))
@@ -156,53 +180,113 @@ def topn_update_reference(state_act, state_doc, state_pos, state_count, latent, 
 
 def topn_update_numba(state_act, state_doc, state_pos, state_count, latent, act, doc,
                       pos) -> None:
-    """numba CPU loop: each thread scans all entries and serves the latents it owns."""
+    """numba CPU loop: threads filter shares of the entries, then insert by latent range."""
     host = [t.cpu() for t in (state_act, state_doc, state_pos, state_count)]
     entries = [t.cpu().numpy() for t in (latent, act, doc, pos)]
-    _update_kernel(*(t.numpy() for t in host), *entries, numba.get_num_threads())
+    n_threads = numba.get_num_threads()
+    scratch = _scratch_buffers(n_threads * _PARTS_PER_THREAD, min(_SLICE_ENTRIES, entries[0].size))
+    for s in range(0, entries[0].size, _SLICE_ENTRIES):
+        _update_kernel(*(t.numpy() for t in host), *(e[s:s + _SLICE_ENTRIES] for e in entries),
+                       *scratch, n_threads)
     for target, source in zip((state_act, state_doc, state_pos, state_count), host, strict=True):
         if target.device.type != "cpu":
             target.copy_(source)
 
 
+def _scratch_buffers(n_parts: int, m: int) -> tuple[np.ndarray, ...]:
+    """Per-thread reusable buffers of `_update_kernel`.
+
+    candidates and dealt: int32[>= m] entry indices; bounds: int64[share, part + 2] where
+    each part's candidates lie in a share (rows padded by a cache line, so threads never
+    write to one line); tickets: int64[16], two work counters on separate lines.
+    Kept between calls: a fresh buffer of this size is a fresh mapping, and its page
+    faults cost ~10% of an update of a 262144-entry chunk.
+    """
+    held = getattr(_scratch, "buffers", None)
+    if held is None or held[2].shape[0] != n_parts or held[0].size < m:
+        _scratch.buffers = (np.empty(m, np.int32), np.empty(m, np.int32),
+                            np.zeros((n_parts, n_parts + 10), np.int64), np.zeros(16, np.int64))
+    return _scratch.buffers
+
+
 @njit(parallel=True, cache=True)
-def _update_kernel(s_act, s_doc, s_pos, s_count, latent, act, doc, pos,
-                   n_parts):  # pragma: no cover (numba)
-    # Two parallel passes. First each part filters a contiguous share of the entries
-    # against its latent's entry bar (most entries fail once the rows are full). Then
-    # each part serves a contiguous range of latents, reading only the candidates.
-    # Splitting by latent from the start made every thread read every entry and
-    # mispredict a range test for half of them (2 threads: 3x the time of 1 on a scan).
-    # Grouping candidates by latent before inserting (for cache locality) cost more
-    # than it saved, and so did software prefetching of the rows.
+def _update_kernel(s_act, s_doc, s_pos, s_count, latent, act, doc, pos, candidates, dealt,
+                   bounds, tickets, n_threads):  # pragma: no cover (numba)
+    # Two parallel passes over P shares of the entries, then P ranges of latents ("parts"),
+    # each handed to whichever thread asks next (a slow or preempted thread then holds
+    # nobody up). A share's entries are filtered against their latent's bar (most fail
+    # once the rows are full) and the survivors are partitioned by part; each part then
+    # inserts its candidates from every share, touching only its own rows.
     n_latents, n = s_act.shape
+    n_parts = bounds.shape[0]
+    m = latent.size
     # entry bar per latent in one small array: rejecting an entry then touches one
     # cache line per 16 latents instead of one per latent
     bar = np.full(n_latents, -np.inf, np.float32)
+    part_of = np.empty(n_latents, np.int32)
     for j in range(n_latents):
         if s_count[j] == n:
             bar[j] = s_act[j, 0]
-    m = latent.size
-    candidates = np.empty(m, np.int64)
-    found = np.zeros(n_parts, np.int64)
-    for part in prange(n_parts):
-        k = start = part * m // n_parts
-        for i in range(start, (part + 1) * m // n_parts):
-            # `>=` is False for NaN; -inf never enters (it marks empty slots)
-            if act[i] >= bar[latent[i]] and act[i] != -np.inf:
-                candidates[k] = i
-                k += 1
-        found[part] = k - start
-    for part in prange(n_parts):
-        lo, hi = part * n_latents // n_parts, (part + 1) * n_latents // n_parts
-        for share in range(n_parts):
-            start = share * m // n_parts
-            for k in range(start, start + found[share]):
-                i = candidates[k]
-                j = latent[i]
-                if j < lo or j >= hi or not act[i] >= bar[j]:  # the bar may have risen
-                    continue
-                _offer(s_act, s_doc, s_pos, s_count, j, act[i], doc[i], pos[i])
-                if s_count[j] == n:
-                    bar[j] = s_act[j, 0]
+        part_of[j] = j * n_parts // n_latents
+    tickets[0] = 0
+    tickets[8] = 0
+    for _ in prange(n_threads):
+        share = fetch_add(tickets, 0, 1)
+        while share < n_parts:
+            _filter_share(bar, part_of, latent, act, share * m // n_parts,
+                          (share + 1) * m // n_parts, candidates, dealt, bounds[share])
+            share = fetch_add(tickets, 0, 1)
+    for _ in prange(n_threads):
+        part = fetch_add(tickets, 8, 1)
+        while part < n_parts:
+            for share in range(n_parts):
+                start = share * m // n_parts
+                _insert(s_act, s_doc, s_pos, s_count, bar,
+                        dealt[start + bounds[share, part]:start + bounds[share, part + 1]],
+                        latent, act, doc, pos)
+            part = fetch_add(tickets, 8, 1)
 
+
+@njit(_nrt=False, cache=True)
+def _filter_share(bar, part_of, latent, act, start, stop, candidates, dealt,
+                  bounds):  # pragma: no cover (numba)
+    """Entries start..stop that reach their latent's bar, partitioned by part.
+
+    Part p's candidates end up in dealt[start + bounds[p]:start + bounds[p + 1]]. The
+    filter is branch-free: each index is stored and the count advances only if the entry
+    passes (whether it does is a coin flip early in a run).
+    """
+    k = start
+    for i in range(start, stop):
+        a = act[i]
+        candidates[k] = i
+        # `>=` is False for NaN; -inf never enters (it marks empty slots)
+        k += np.int64((a >= bar[latent[i]]) & (a != -np.inf))
+    n_parts = bounds.size - 10
+    bounds[:n_parts + 2] = 0
+    for q in range(start, k):
+        bounds[part_of[latent[candidates[q]]] + 2] += 1
+    for p in range(n_parts):
+        bounds[p + 2] += bounds[p + 1]
+    for q in range(start, k):  # bounds[p + 1] walks from the start to the end of part p
+        i = candidates[q]
+        p = part_of[latent[i]] + 1
+        dealt[start + bounds[p]] = i
+        bounds[p] += 1
+
+
+@njit(_nrt=False, cache=True)
+def _insert(s_act, s_doc, s_pos, s_count, bar, candidates, latent, act, doc,
+            pos):  # pragma: no cover (numba)
+    """Offer the candidate entries to their heaps, raising each bar as its row fills."""
+    n = s_act.shape[1]
+    m = candidates.size
+    for k in range(m):
+        if k + _PREFETCH_AHEAD < m:  # the activation row of a candidate a few ahead
+            prefetch(s_act, latent[candidates[k + _PREFETCH_AHEAD]] * n)
+        i = candidates[k]
+        j = latent[i]
+        if act[i] >= bar[j]:  # the bar may have risen since the filter
+            _offer(s_act, s_doc, s_pos, s_count, j, act[i], doc[i], pos[i])
+            if s_count[j] == n:
+                bar[j] = s_act[j, 0]
