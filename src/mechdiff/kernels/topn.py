@@ -217,6 +217,9 @@ def _update_kernel(s_act, s_doc, s_pos, s_count, latent, act, doc, pos, candidat
     # nobody up). A share's entries are filtered against their latent's bar (most fail
     # once the rows are full) and the survivors are partitioned by part; each part then
     # inserts its candidates from every share, touching only its own rows.
+    # Measured and dropped: a full counting sort of the candidates by latent (cost more
+    # than its locality saved), sorted rows instead of heaps (alike), a branch-free
+    # choice of the worse child on every tie-break field (slower: more loads).
     n_latents, n = s_act.shape
     n_parts = bounds.shape[0]
     m = latent.size
