@@ -38,8 +38,9 @@ TOY_CONFIGS: dict[str, SPDConfig] = {
     "tms-5-2-id": SPDConfig(n_components=20, importance_minimality_coeff=3e-3, pnorm=1.0,
                             steps=8000, batch_size=256, lr=5e-3, eval_batches=32),
     # batch 256 (~9 min on one core): batch 128 left 39 and 37 of 40 components alive;
-    # 256 gave 40 and 39, MMCS 1.0 (lower importance coefficients or larger learning
-    # rates did worse in 16000 steps)
+    # 256 gave 40 and 39, MMCS 1.0 at seed 0 (lower importance coefficients or larger
+    # learning rates did worse in 16000 steps). Not robust: seed 1 left 40 and 21, with
+    # MMCS 1.0; p annealed 2 -> 1 and C=100 did worse at seed 0 (40/39 MMCS 0.98, 40/26)
     "tms-40-10": SPDConfig(n_components=200, importance_minimality_coeff=1e-4, pnorm=2.0,
                            steps=20000, batch_size=256, lr=5e-3, eval_batches=32),
     # the importance coefficient of the SPD repository's resid_mlp1 config (1e-3): at the
