@@ -29,6 +29,8 @@ _SLICE_ENTRIES = 1 << 22
 # latent ranges (and entry shares) per thread, handed out one at a time: 1, 2 and 4
 # measured alike on 2 threads, 8 and 16 slower (more, smaller candidate runs)
 _PARTS_PER_THREAD = 2
+# int64 slots past each share's row of part bounds: a cache line between threads' rows
+_ROW_PAD = 8
 # candidates ahead whose activation rows `_insert` prefetches: 4..32 measured alike,
 # none ~15% slower; prefetching the doc and pos rows too was slower (more lines in flight)
 _PREFETCH_AHEAD = 8
@@ -205,7 +207,7 @@ def _scratch_buffers(n_parts: int, m: int) -> tuple[np.ndarray, ...]:
     held = getattr(_scratch, "buffers", None)
     if held is None or held[2].shape[0] != n_parts or held[0].size < m:
         _scratch.buffers = (np.empty(m, np.int32), np.empty(m, np.int32),
-                            np.zeros((n_parts, n_parts + 10), np.int64), np.zeros(16, np.int64))
+                            np.zeros((n_parts, n_parts + 2 + _ROW_PAD), np.int64), np.zeros(16, np.int64))
     return _scratch.buffers
 
 
@@ -265,7 +267,7 @@ def _filter_share(bar, part_of, latent, act, start, stop, candidates, dealt,
         candidates[k] = i
         # `>=` is False for NaN; -inf never enters (it marks empty slots)
         k += np.int64((a >= bar[latent[i]]) & (a != -np.inf))
-    n_parts = bounds.size - 10
+    n_parts = bounds.size - 2 - _ROW_PAD
     bounds[:n_parts + 2] = 0
     for q in range(start, k):
         bounds[part_of[latent[candidates[q]]] + 2] += 1
