@@ -1,6 +1,6 @@
 """Hot-path kernels against straightforward torch/numpy baselines, in the same process.
 
-Rows (issue 4 targets in `target`):
+Rows (issue 4 targets in `target`; the GPU rows are in bench_gpu.py):
 - delta_stats/bf16: fused one-pass statistics vs torch upcast, subtract, norms, dot, max,
   non-finite counts (the baseline computes no histogram, ours does); and vs a numpy copy
   of the same input bytes (ratio = fraction of copy bandwidth we reach).
@@ -11,28 +11,21 @@ Rows (issue 4 targets in `target`):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from harness import make_row, time_alternating, time_call
 
-from mechdiff.kernels import (
-    TopN,
-    cuda_available,
-    delta_stats,
-    latent_scaling_sums,
-    sparse_decode,
-)
+from mechdiff.kernels import TopN, delta_stats, latent_scaling_sums, sparse_decode
 from mechdiff.kernels.scaling import latent_scaling_reference
 
 
 def run(quick: bool) -> list[dict]:
     """Run all kernel benchmarks; `quick` shrinks sizes for CI smoke runs."""
     repeat = 3
-    rows = [*bench_delta_stats(quick, repeat), bench_sparse_decode(quick, repeat),
+    return [*bench_delta_stats(quick, repeat), bench_sparse_decode(quick, repeat),
             bench_topn(quick, repeat), bench_latent_scaling(quick, repeat)]
-    if cuda_available():
-        rows.append(bench_delta_stats_gpu(quick, repeat))
-    return rows
 
 
 def bench_delta_stats(quick: bool, repeat: int) -> list[dict]:
@@ -68,24 +61,43 @@ def bench_delta_stats(quick: bool, repeat: int) -> list[dict]:
     ]
 
 
+@dataclass(frozen=True)
+class DecodeSizes:
+    """A BatchTopK-like batch: `active` distinct latents per row of a dictionary."""
+
+    n_latents: int = 16384
+    dim: int = 512
+    active: int = 64
+    batch: int = 4096
+
+
+def csr_batch(sizes, seed: int) -> tuple[torch.Tensor, ...]:
+    """(values[B*k], indices[B*k], offsets[B+1], W_dec[F, D]) on the CPU, seeded."""
+    gen = torch.Generator().manual_seed(seed)
+    k = sizes.active
+    indices = torch.stack([torch.randperm(sizes.n_latents, generator=gen)[:k]
+                           for _ in range(sizes.batch)]).reshape(-1)
+    values = torch.rand(sizes.batch * k, generator=gen)
+    offsets = torch.arange(0, sizes.batch * k + 1, k)
+    W = torch.randn(sizes.n_latents, sizes.dim, generator=gen) / sizes.dim**0.5
+    return values, indices, offsets, W
+
+
 def bench_sparse_decode(quick: bool, repeat: int) -> dict:
-    n_latents, dim, k = 16384, 512, 64
-    batch = 512 if quick else 4096
-    gen = torch.Generator().manual_seed(1)
-    indices = torch.stack([torch.randperm(n_latents, generator=gen)[:k] for _ in range(batch)])
-    values = torch.rand(batch, k, generator=gen)
-    offsets = torch.arange(0, batch * k + 1, k)
-    W = torch.randn(n_latents, dim, generator=gen) / dim**0.5
-    grad = torch.randn(batch, dim, generator=gen)
-    f_dense = torch.zeros(batch, n_latents).scatter_(1, indices, values)
+    sizes = DecodeSizes(batch=512 if quick else 4096)
+    values, indices, offsets, W = csr_batch(sizes, seed=1)
+    batch, n_latents, dim, k = sizes.batch, sizes.n_latents, sizes.dim, sizes.active
+    grad = torch.randn(batch, dim, generator=torch.Generator().manual_seed(11))
+    f_dense = torch.zeros(batch, n_latents).scatter_(1, indices.view(batch, k),
+                                                     values.view(batch, k))
 
     def dense():
         f, w = f_dense.clone().requires_grad_(), W.clone().requires_grad_()
         (f @ w).backward(grad)
 
     def ours():
-        v, w = values.reshape(-1).clone().requires_grad_(), W.clone().requires_grad_()
-        sparse_decode(v, indices.reshape(-1), offsets, w).backward(grad)
+        v, w = values.clone().requires_grad_(), W.clone().requires_grad_()
+        sparse_decode(v, indices, offsets, w).backward(grad)
 
     dense_s = time_call(dense, repeat=repeat)
     ours_s = time_call(ours, repeat=repeat)
@@ -96,21 +108,22 @@ def bench_sparse_decode(quick: bool, repeat: int) -> dict:
 class SortingTopN:
     """Baseline: per chunk, sort kept + new entries by activation then latent, keep n."""
 
-    def __init__(self, n_latents: int, n: int) -> None:
-        self.n_latents, self.n = n_latents, n
-        self.lat = torch.zeros(0, dtype=torch.int64)
-        self.act = torch.zeros(0)
-        self.doc = torch.zeros(0, dtype=torch.int64)
-        self.pos = torch.zeros(0, dtype=torch.int64)
+    def __init__(self, n_latents: int, n: int, device: str = "cpu") -> None:
+        self.n_latents, self.n, self.device = n_latents, n, device
+        self.lat = torch.zeros(0, dtype=torch.int64, device=device)
+        self.act = torch.zeros(0, device=device)
+        self.doc = torch.zeros(0, dtype=torch.int64, device=device)
+        self.pos = torch.zeros(0, dtype=torch.int64, device=device)
 
     def update(self, lat, act, doc, pos) -> None:
-        lat, act, doc, pos = (torch.cat([a, torch.from_numpy(b)]) for a, b in
+        lat, act, doc, pos = (torch.cat([a, torch.as_tensor(b, device=self.device)]) for a, b in
                               ((self.lat, lat), (self.act, act), (self.doc, doc),
                                (self.pos, pos)))
         order = torch.sort(act, descending=True, stable=True).indices
         order = order[torch.sort(lat[order], stable=True).indices]
         counts = torch.bincount(lat, minlength=self.n_latents)
-        rank = torch.arange(order.numel()) - (torch.cumsum(counts, 0) - counts).repeat_interleave(counts)
+        starts = (torch.cumsum(counts, 0) - counts).repeat_interleave(counts)
+        rank = torch.arange(order.numel(), device=self.device) - starts
         keep = order[rank < self.n]
         self.lat, self.act, self.doc, self.pos = lat[keep], act[keep], doc[keep], pos[keep]
 
@@ -135,37 +148,13 @@ def bench_topn(quick: bool, repeat: int) -> dict:
 
 
 def bench_latent_scaling(quick: bool, repeat: int) -> dict:
-    n_latents, dim, k = 16384, 512, 64
-    batch = 512 if quick else 4096
-    gen = torch.Generator().manual_seed(3)
-    indices = torch.stack([torch.randperm(n_latents, generator=gen)[:k] for _ in range(batch)])
-    values = torch.rand(batch * k, generator=gen)
-    offsets = torch.arange(0, batch * k + 1, k)
-    Y = torch.randn(batch, dim, generator=gen)
-    idx = indices.reshape(-1)
+    sizes = DecodeSizes(batch=512 if quick else 4096)
+    values, idx, offsets, _ = csr_batch(sizes, seed=3)
+    batch, n_latents, dim, k = sizes.batch, sizes.n_latents, sizes.dim, sizes.active
+    Y = torch.randn(batch, dim, generator=torch.Generator().manual_seed(13))
     baseline_s = time_call(lambda: latent_scaling_reference(values, idx, offsets, Y, n_latents),
                            repeat=repeat)
     ours_s = time_call(lambda: latent_scaling_sums(values, idx, offsets, Y, n_latents=n_latents),
                        repeat=repeat)
     return make_row(f"latent_scaling/sums/B{batch}", "torch index_add_ float64", baseline_s,
                     ours_s, target="none", dict_size=n_latents, d=dim, active=k)
-
-
-def bench_delta_stats_gpu(quick: bool, repeat: int) -> dict:
-    """numba.cuda delta stats vs the torch sequence, both on the GPU (synchronized)."""
-    n = 1 << (24 if quick else 28)
-    base = torch.randn(n, device="cuda").bfloat16()
-    ft = (base.float() + 1e-3 * torch.randn(n, device="cuda")).bfloat16()
-
-    def torch_sequence():
-        b, f = base.float(), ft.float()
-        d = f - b
-        out = (torch.linalg.vector_norm(b), torch.linalg.vector_norm(f), torch.dot(b, f),
-               torch.linalg.vector_norm(d), d.abs().max(), (~torch.isfinite(b)).sum())
-        torch.cuda.synchronize()
-        return out
-
-    torch_s = time_call(torch_sequence, repeat=repeat)
-    ours_s = time_call(lambda: delta_stats(base, ft), repeat=repeat)  # returns host values
-    return make_row(f"gpu/delta_stats/bf16/{n >> 20}M", "torch sequence on the GPU", torch_s,
-                    ours_s, device=torch.cuda.get_device_name())

@@ -206,7 +206,7 @@ def _scatter_rows_kernel(values, t_offsets, t_entry, t_row, rows, out):  # pragm
     for d in range(cuda.threadIdx.x, out.shape[1], THREADS):
         acc = np.float64(0.0)
         for q in range(t_offsets[j], t_offsets[j + 1]):
-            acc += values[t_entry[q]] * rows[t_row[q], d]
+            acc += np.float64(values[t_entry[q]]) * np.float64(rows[t_row[q], d])
         out[j, d] = acc
 
 

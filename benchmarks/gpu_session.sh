@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Every GPU check of mechdiff in one call, for a lent GPU machine whose python3 already
+# has torch, numba(-cuda), h5py, click, safetensors, scipy, pytest and pytest-xdist.
+# Run from the repository root: bash benchmarks/gpu_session.sh   (logs under $OUT)
+# 1. environment; 2. the tests marked gpu (numba.cuda on device tensors, zero-copy);
+# 3. benchmarks/bench_gpu.py: each kernel checked against its reference at real size,
+#    then timed against torch on the same GPU; 4. `mechdiff demo` with the GPU visible;
+# 5. the whole test suite with the GPU visible ("auto" devices pick it).
+set -u
+OUT=${OUT:-gpu-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+step() { echo "== $1 ($(date +%T))"; }
+
+step environment
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv
+  python3 -c "import sys, torch, numba; print(sys.version.split()[0], 'torch', torch.__version__,
+  'cuda', torch.version.cuda, 'numba', numba.__version__)"
+  python3 -m pip show numba-cuda 2>/dev/null | head -2
+  python3 -c "from mechdiff.kernels import cuda_available; print('cuda_available', cuda_available())"
+} 2>&1 | tee "$OUT/env.txt"
+python3 -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.txt" 2>&1 \
+  || echo "editable install failed (see install.txt); PYTHONPATH=src still serves"
+
+step "gpu tests"
+timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/kernels >"$OUT/gpu_tests.txt" 2>&1
+echo "gpu tests rc=$?"; tail -4 "$OUT/gpu_tests.txt"
+
+step "gpu benchmarks"
+timeout 200 python3 benchmarks/run.py --only gpu --json >"$OUT/gpu_bench.json" 2>"$OUT/gpu_bench.err"
+echo "gpu bench rc=$?"; tail -3 "$OUT/gpu_bench.err"
+
+step demo
+timeout 90 python3 -m mechdiff demo -o "$OUT/demo" >"$OUT/demo.txt" 2>&1
+echo "demo rc=$?"; tail -3 "$OUT/demo.txt"; rm -rf "$OUT/demo"
+
+step "full test suite"
+timeout 170 python3 -m pytest -q -n 8 -p no:cacheprovider tests >"$OUT/full_tests.txt" 2>&1
+echo "full tests rc=$?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/full_tests.txt" | tail -15
+
+step summary
+python3 - "$OUT/gpu_bench.json" <<'EOF'
+import json, sys
+try:
+    rows = json.load(open(sys.argv[1]))["rows"]
+except Exception as exc:  # noqa: BLE001
+    sys.exit(f"no benchmark rows: {exc}")
+for r in rows:
+    extra = {k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in r.items()
+             if k in ("agrees", "max_rel_err", "max_rel_err_sums", "ours_GBps", "copy_GBps")}
+    print(f"{r['name']:<36} base {r['baseline_s'] * 1e3:9.3f} ms  ours {r['ours_s'] * 1e3:9.3f} ms"
+          f"  ratio {r['ratio']:7.2f}  {extra}  [{r.get('device', '')}]")
+EOF
