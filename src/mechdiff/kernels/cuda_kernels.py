@@ -23,6 +23,9 @@ from mechdiff.kernels.heap import compile_heap
 # the simulator runs every thread as a Python thread: keep its blocks small
 THREADS = 16 if config.ENABLE_CUDASIM else 128
 MAX_BLOCKS = 4 if config.ENABLE_CUDASIM else 4096
+# a shared array's shape must be a constant the compiler sees as one: a global name, not
+# an expression (`MAX_BINS + 1` typed as a plain int64 and failed on a real GPU)
+_HIST_SLOTS = MAX_BINS + 1
 _offer = compile_heap(cuda.jit(device=True))["offer"]
 
 
@@ -83,7 +86,7 @@ def _delta_stats_kernel(b, f, kind, table, n_bins, totals, hist, out):  # pragma
     out float32: receives f - b (0 for an excluded pair) unless it is empty."""
     write = out.size > 0
     tid = cuda.threadIdx.x
-    block_hist = cuda.shared.array(MAX_BINS + 1, dtype=np.int32)
+    block_hist = cuda.shared.array(_HIST_SLOTS, dtype=np.int32)
     for k in range(tid, n_bins + 1, THREADS):
         block_hist[k] = 0
     cuda.syncthreads()
