@@ -1,0 +1,69 @@
+"""Every numba.cuda kernel compiles for a real GPU (PTX for sm_90), with no GPU here.
+
+The simulator (NUMBA_ENABLE_CUDASIM) runs kernels as Python and types nothing, so code it
+accepts can still fail numba.cuda's compiler: a shared array shaped by an expression
+(`MAX_BINS + 1`) passed every simulated test and failed on the first real GPU. This test
+runs numba-cuda's type inference and NVVM on each kernel, for the argument types the
+wrappers in cuda_kernels pass. Needs numba-cuda and NVVM (dev install); skipped without.
+"""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+
+pytest.importorskip("numba_cuda")
+
+from numba import config, cuda  # after the skip: numba-cuda's numba.cuda
+
+if config.ENABLE_CUDASIM:  # pragma: no cover
+    pytest.skip("the simulator compiles nothing", allow_module_level=True)
+
+ARR1 = "{}[::1]"
+ARR2 = "{}[:, ::1]"
+F32_2, F64_2, I64_2 = (ARR2.format(t) for t in ("float32", "float64", "int64"))
+I64 = ARR1.format("int64")
+F32, F64 = ARR1.format("float32"), ARR1.format("float64")
+
+# kernel -> argument-type lists the wrappers launch it with (C-contiguous device arrays)
+SIGNATURES = {
+    "_delta_stats_kernel": [
+        f"void({src}, {src}, int64, {F32}, int64, {F64}, {I64}, {F32})"
+        for src in (ARR1.format("int16"), F32, F64)],
+    "_forward_kernel": [f"void({F32}, {I64}, {I64}, {F32_2}, {F32_2})"],
+    "_grad_values_kernel": [f"void({F32_2}, {I64}, {I64}, {F32_2}, {F32})"],
+    "_scatter_rows_kernel": [f"void({F32}, {I64}, {I64}, {I64}, {F32_2}, {out})"
+                             for out in (F32_2, F64_2)],
+    "_sum_squares_kernel": [f"void({F32}, {I64}, {F64})"],
+    "_topn_kernel": [f"void({F32_2}, {I64_2}, {I64_2}, {I64}, {I64}, {I64}, {F32}, {I64}, {I64})"],
+}
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    try:
+        cuda.compile_ptx(lambda a: None, "void(float32[::1])", cc=(9, 0))
+    except Exception as exc:  # noqa: BLE001 (NVVM or NVRTC missing: nothing to check with)
+        pytest.skip(f"numba-cuda cannot compile here: {str(exc).splitlines()[0]}")
+    from mechdiff.kernels import cuda_kernels
+
+    return cuda_kernels
+
+
+def test_every_kernel_is_listed(kernels):
+    launched = {name for name, obj in vars(kernels).items()
+                if type(obj).__name__ == "CUDADispatcher" and not obj.targetoptions.get("device")}
+    assert launched == set(SIGNATURES)
+
+
+@pytest.mark.parametrize("name,signature",
+                         [(n, s) for n, sigs in SIGNATURES.items() for s in sigs])
+def test_kernel_compiles_to_ptx(kernels, name, signature, monkeypatch):
+    # device functions compile for the current GPU's compute capability: say sm_90
+    from numba.cuda import dispatcher
+
+    monkeypatch.setattr(dispatcher, "get_current_device",
+                        lambda: types.SimpleNamespace(compute_capability=(9, 0)))
+    ptx, _ = cuda.compile_ptx(getattr(kernels, name).py_func, signature, cc=(9, 0))
+    assert ".entry" in ptx and "sm_90" in ptx
