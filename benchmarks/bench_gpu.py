@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from bench_kernels import SortingTopN, csr_batch
+from bench_kernels import DecodeSizes, SortingTopN, csr_batch, torch_delta_sequence
 from harness import make_row, time_alternating, time_call
 
 from mechdiff.kernels import (
@@ -37,14 +37,10 @@ REPEAT = 10
 
 
 @dataclass(frozen=True)
-class GpuSizes:
-    """Problem sizes (the issue's, and 2^28 bf16 elements to fill the card for delta stats)."""
+class GpuSizes(DecodeSizes):
+    """The CPU rows' sizes, and 2^28 bf16 elements to fill the card for delta stats."""
 
     delta_elements: int = 1 << 28
-    n_latents: int = 16384
-    dim: int = 512
-    active: int = 64
-    batch: int = 4096
     topn_chunks: int = 8
     topn_n: int = 16
 
@@ -90,20 +86,13 @@ def bench_delta_stats(sizes: GpuSizes, device: str = "cuda") -> list[dict]:
     err = max(abs(getattr(got, k) / getattr(want, k) - 1) for k in
               ("sum_b2", "sum_f2", "sum_bf", "sum_d2"))
 
-    def torch_sequence():
-        b, f = base.float(), ft.float()
-        d = f - b
-        return (torch.linalg.vector_norm(b), torch.linalg.vector_norm(f), torch.dot(b, f),
-                torch.linalg.vector_norm(d), d.abs().max(), (~torch.isfinite(b)).sum(),
-                (~torch.isfinite(f)).sum())
-
     dst = [torch.empty_like(base), torch.empty_like(ft)]
 
     def copy():
         dst[0].copy_(base)
         dst[1].copy_(ft)
 
-    torch_s = time_call(synced(torch_sequence, device), repeat=REPEAT, warmup=2)
+    torch_s = time_call(synced(lambda: torch_delta_sequence(base, ft), device), repeat=REPEAT, warmup=2)
     ours_s, copy_s = time_alternating([synced(lambda: delta_stats(base, ft), device),
                                        synced(copy, device)], repeat=REPEAT, warmup=2)
     gbytes = 2 * base.numel() * base.element_size() / 1e9

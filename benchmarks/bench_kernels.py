@@ -28,6 +28,15 @@ def run(quick: bool) -> list[dict]:
             bench_topn(quick, repeat), bench_latent_scaling(quick, repeat)]
 
 
+def torch_delta_sequence(base: torch.Tensor, ft: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The straightforward torch baseline of delta_stats: upcast, subtract, norms, max, counts."""
+    b, f = base.float(), ft.float()
+    d = f - b
+    return (torch.linalg.vector_norm(b), torch.linalg.vector_norm(f), torch.dot(b, f),
+            torch.linalg.vector_norm(d), d.abs().max(), (~torch.isfinite(b)).sum(),
+            (~torch.isfinite(f)).sum())
+
+
 def bench_delta_stats(quick: bool, repeat: int) -> list[dict]:
     n = 1 << (22 if quick else 25)
     gen = torch.Generator().manual_seed(0)
@@ -35,11 +44,7 @@ def bench_delta_stats(quick: bool, repeat: int) -> list[dict]:
     ft = (base.float() + 1e-3 * torch.randn(n, generator=gen)).bfloat16()
 
     def torch_sequence():
-        b, f = base.float(), ft.float()
-        d = f - b
-        return (torch.linalg.vector_norm(b), torch.linalg.vector_norm(f), torch.dot(b, f),
-                torch.linalg.vector_norm(d), d.abs().max(), (~torch.isfinite(b)).sum(),
-                (~torch.isfinite(f)).sum())
+        return torch_delta_sequence(base, ft)
 
     # the copy reads the very bytes delta_stats reads, in turns with it (same cache state)
     src = [t.view(torch.int16).numpy() for t in (base, ft)]

@@ -80,3 +80,31 @@ def test_time_alternating_takes_turns_and_returns_a_median_each():
     times = harness.time_alternating([fast, slow], repeat=5)
     assert calls == ["a", "b"] + ["a", "b"] * 5  # one warm-up each, then in turns
     assert len(times) == 2 and 0 <= times[0] < times[1]
+
+
+GPU_ROWS_UNDER_SIMULATOR = '''
+import bench_gpu as g
+g.REPEAT = 1
+s = g.GpuSizes(delta_elements=3000, n_latents=37, dim=9, active=3, batch=11, topn_chunks=2,
+               topn_n=4)
+rows = [*g.bench_delta_stats(s, "cpu"), g.bench_sparse_decode(s, "cpu"),
+        g.bench_topn(s, "cpu"), g.bench_latent_scaling(s, "cpu")]
+print(json.dumps([[r["name"], r.get("agrees")] for r in rows]))
+'''
+
+
+def test_gpu_rows_check_each_kernel_against_its_reference_under_the_simulator():
+    # bench_gpu.py runs only on a lent GPU; here its code runs the CUDA kernels in the
+    # simulator on tiny sizes, so it cannot rot between GPU sessions
+    import os
+    import subprocess
+
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1", "MECHDIFF_KERNELS": "cuda"}
+    done = subprocess.run([sys.executable, "-W", "ignore", "-c",
+                           "import json\n" + GPU_ROWS_UNDER_SIMULATOR], cwd=BENCH_DIR, env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    rows = dict(json.loads(done.stdout.splitlines()[-1]))
+    assert len(rows) == 5
+    assert all(agrees is not False for agrees in rows.values())
+    assert sum(agrees is True for agrees in rows.values()) == 4  # the bandwidth row has none
