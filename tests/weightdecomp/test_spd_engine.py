@@ -61,6 +61,8 @@ def test_losses_by_hand():
     ci = torch.tensor([[0.5, 1.0], [0.0, 0.0]])
     assert float(importance_minimality_loss([ci], 2.0, 0.0)) == pytest.approx(0.625)
     assert float(importance_minimality_loss([ci, ci], 1.0, 0.0)) == pytest.approx(1.5)
+    # per-layer factors: 0.75 (layer 1, p = 1) * 1 + 0.75 * 3
+    assert float(importance_minimality_loss([ci, ci], 1.0, 0.0, [1.0, 3.0])) == pytest.approx(3.0)
     assert float(mse_distance(torch.tensor([1.0, 3.0]), torch.tensor([1.0, 1.0]))) == 2.0
 
 
@@ -162,10 +164,34 @@ def test_config_validation_and_schedules():
         SPDConfig(n_components=0)
     with pytest.raises(InputError, match="unknown SPD config keys"):
         SPDConfig.from_dict({"C": 3})
-    cfg = SPDConfig(steps=100, pnorm=1.0, pnorm_start=2.0, pnorm_anneal_frac=0.5, lr=1.0, lr_warmup_frac=0.1)
+    with pytest.raises(InputError, match="importance_module_scale"):
+        SPDConfig(importance_module_scale={"linear2": -1.0})
+    cfg = SPDConfig(steps=100, pnorm=1.0, pnorm_start=2.0, pnorm_anneal_frac=0.5, lr=1.0, lr_warmup_frac=0.1,
+                    importance_module_scale={"*.mlp.*": 2.0, "*": 0.5})
     assert SPDConfig.from_dict(cfg.to_dict()) == cfg
+    # the first matching glob wins; unmatched layers keep factor 1 (SPDConfig())
+    assert (cfg.importance_scale("h.0.mlp.c_fc"), cfg.importance_scale("wte")) == (2.0, 0.5)
+    assert SPDConfig().importance_scale("wte") == 1.0
     assert cfg.pnorm_at(0) == 2.0 and cfg.pnorm_at(25) == 1.5 and cfg.pnorm_at(80) == 1.0
     # warm-up 10 steps: step 4 -> 5/10; cosine over the remaining 90: halfway (step 55) -> 0.5
     assert lr_at(cfg, 4) == pytest.approx(0.5)
     assert lr_at(cfg, 55) == pytest.approx(0.5)
     assert lr_at(cfg, 99) < 0.01
+
+
+def test_trainer_scales_each_layers_importance_penalty():
+    # layer factors reach the loss: with "fc" scaled by 0 the penalty is the embedding's
+    # alone, and scaling the embedding by 3 triples it
+    from mechdiff.weightdecomp.spd import SPDTrainer
+
+    ids = torch.tensor([[1, 2, 3]])
+
+    def importance(scale):
+        torch.manual_seed(0)
+        config = SPDConfig(n_components=3, importance_module_scale=scale)
+        trainer = SPDTrainer(_Tiny(), ["emb", "fc"], config)
+        return float(trainer.losses(ids, 0).importance_minimality.detach())
+
+    emb_only = importance({"fc": 0.0})
+    assert 0 < emb_only < importance(None)
+    assert importance({"fc": 0.0, "emb": 3.0}) == pytest.approx(3 * emb_only)

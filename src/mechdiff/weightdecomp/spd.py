@@ -121,7 +121,9 @@ class SPDTrainer:
         ci_lower, ci_upper = self.importances()
         faith = faithfulness_loss(self.target_weights, [layer.weight_OI() for layer in self.layers.values()])
         recon, layerwise = self._recon_losses(batch, target_out, ci_lower)
-        importance = importance_minimality_loss(list(ci_upper.values()), cfg.pnorm_at(step), cfg.importance_eps)
+        scales = [cfg.importance_scale(name) for name in ci_upper]
+        importance = importance_minimality_loss(list(ci_upper.values()), cfg.pnorm_at(step),
+                                                cfg.importance_eps, scales)
         total = (cfg.faithfulness_coeff * faith + cfg.stochastic_recon_coeff * recon
                  + cfg.stochastic_recon_layerwise_coeff * layerwise
                  + cfg.importance_minimality_coeff * importance)

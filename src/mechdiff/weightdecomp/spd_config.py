@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +54,11 @@ class SPDConfig:
     importance_minimality_coeff: float = 3e-3
     """Weight of mean_batch sum_layers sum_c (g_c + eps)^p (upper-leaky g)."""
 
+    importance_module_scale: dict[str, float] | None = None
+    """Module-name glob -> factor on ``importance_minimality_coeff`` for the layers it
+    matches (first matching glob wins; unmatched layers keep factor 1). For models whose
+    layers need different sparsity pressure, e.g. TMS 40-10's second matrix."""
+
     pnorm: float = 1.0
     """p of the importance-minimality penalty at the end of annealing (p < 1 favours sparser CI)."""
 
@@ -97,6 +103,10 @@ class SPDConfig:
         for name in ("faithfulness_coeff", "stochastic_recon_coeff", "stochastic_recon_layerwise_coeff",
                      "importance_minimality_coeff"):
             _require(getattr(self, name) >= 0, f"{name} must be >= 0")
+        for glob, factor in (self.importance_module_scale or {}).items():
+            _require(isinstance(glob, str) and bool(glob), "importance_module_scale keys must be module globs")
+            _require(isinstance(factor, (int, float)) and factor >= 0,
+                     f"importance_module_scale[{glob!r}] must be a number >= 0")
         _require(self.pnorm > 0, "pnorm must be > 0")
         _require(self.pnorm_start is None or self.pnorm_start > 0, "pnorm_start must be > 0 or None")
         _require(0.0 < self.pnorm_anneal_frac <= 1.0, "pnorm_anneal_frac must be in (0, 1]")
@@ -127,6 +137,13 @@ class SPDConfig:
     def to_dict(self) -> dict[str, Any]:
         """All fields as a plain dict (JSON-serialisable)."""
         return dataclasses.asdict(self)
+
+    def importance_scale(self, module_name: str) -> float:
+        """The factor on the importance-minimality coefficient for layer ``module_name``."""
+        for glob, factor in (self.importance_module_scale or {}).items():
+            if fnmatch.fnmatchcase(module_name, glob):
+                return float(factor)
+        return 1.0
 
     def pnorm_at(self, step: int) -> float:
         """The importance-minimality exponent p at ``step`` (annealed when configured)."""

@@ -42,21 +42,23 @@ def faithfulness_loss(target_weights: list[Tensor], component_weights: list[Tens
     return squared / n_params
 
 
-def importance_minimality_loss(ci_upper: list[Tensor], pnorm: float, eps: float) -> Tensor:
-    """mean over inputs of sum_l sum_c (g_c + eps)^p on the upper-leaky importances.
+def importance_minimality_loss(ci_upper: list[Tensor], pnorm: float, eps: float,
+                               scales: list[float] | None = None) -> Tensor:
+    """mean over inputs of sum_l s_l sum_c (g_c + eps)^p on the upper-leaky importances.
 
     Args:
         ci_upper: per layer [..., C] importances (>= 0).
         pnorm: the exponent p.
         eps: keeps the gradient finite at 0 when p < 1.
+        scales: per-layer factors s_l (default: all 1).
 
     Returns:
         Scalar loss.
     """
     total = 0.0
-    for ci in ci_upper:
+    for layer, ci in enumerate(ci_upper):
         per_input = (ci + eps).pow(pnorm).sum(-1)
-        total = total + per_input.mean()
+        total = total + (1.0 if scales is None else scales[layer]) * per_input.mean()
     return total
 
 
