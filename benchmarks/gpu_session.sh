@@ -2,7 +2,8 @@
 # Every GPU check of mechdiff in one call, for a lent GPU machine whose python3 already
 # has torch, numba(-cuda), h5py, click, safetensors, scipy, pytest and pytest-xdist.
 # Run from the repository root: bash benchmarks/gpu_session.sh   (logs under $OUT)
-# 1. environment; 2. the tests marked gpu (numba.cuda on device tensors, zero-copy);
+# 1. environment; 2. the tests marked gpu (numba.cuda on device tensors, the diff and
+#    the spectra on cuda against cpu);
 # 3. benchmarks/bench_gpu.py: each kernel checked against its reference at real size,
 #    then timed against torch on the same GPU; 4. `mechdiff demo` with the GPU visible;
 # 5. the whole test suite with the GPU visible ("auto" devices pick it).
@@ -36,7 +37,7 @@ python3 -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.txt
 
 if wanted tests; then
 step "gpu tests"
-timeout 90 python3 -m pytest -q -m gpu -p no:cacheprovider tests/kernels >"$OUT/gpu_tests.txt" 2>&1
+timeout 120 python3 -m pytest -q -m gpu -p no:cacheprovider tests >"$OUT/gpu_tests.txt" 2>&1
 echo "gpu tests rc=$?"; tail -4 "$OUT/gpu_tests.txt"
 fi
 

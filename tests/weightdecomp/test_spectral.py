@@ -301,6 +301,7 @@ def test_intruder_dimension_is_flagged_only_for_a_new_direction():
     assert found["max_cos"][0] < 0.5
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_path_matches_cpu():
     base_norm, D, _ = _planted(384, 1536, 0.02, [0.01, 0.008], seed=3)
