@@ -147,15 +147,17 @@ def bench_topn(sizes: GpuSizes, device: str = "cuda") -> dict:
             tracker.update(*chunk)
         return tracker
 
-    ours = stream(lambda: TopN(sizes.n_latents, sizes.topn_n, device=device))
+    def make_ours():
+        return TopN(sizes.n_latents, sizes.topn_n, device=device)
+
+    ours = stream(make_ours)
     on_cpu = TopN(sizes.n_latents, sizes.topn_n)  # the numba CPU loop as the reference
     for chunk in chunks:
         on_cpu.update(*(t.cpu() for t in chunk))
     agrees = all(np.array_equal(a, b) for a, b in zip(ours.result(), on_cpu.result(), strict=True))
     baseline_s = time_call(synced(lambda: stream(
         lambda: SortingTopN(sizes.n_latents, sizes.topn_n, device)), device), repeat=REPEAT)
-    ours_s = time_call(synced(lambda: stream(
-        lambda: TopN(sizes.n_latents, sizes.topn_n, device=device)), device), repeat=REPEAT)
+    ours_s = time_call(synced(lambda: stream(make_ours), device), repeat=REPEAT)
     return make_row(f"gpu/topn/update/{sizes.topn_chunks}x{per_chunk}",
                     "torch sort per chunk by latent, GPU", baseline_s, ours_s,
                     device=_device_name(device), agrees=agrees, n_latents=sizes.n_latents,

@@ -20,17 +20,15 @@ from numba import config, cuda  # after the skip: numba-cuda's numba.cuda
 if config.ENABLE_CUDASIM:  # pragma: no cover
     pytest.skip("the simulator compiles nothing", allow_module_level=True)
 
-ARR1 = "{}[::1]"
-ARR2 = "{}[:, ::1]"
-F32_2, F64_2, I64_2 = (ARR2.format(t) for t in ("float32", "float64", "int64"))
-I64 = ARR1.format("int64")
-F32, F64 = ARR1.format("float32"), ARR1.format("float64")
+# C-contiguous device arrays, 1-D and 2-D
+I16, F32, F64, I64 = "int16[::1]", "float32[::1]", "float64[::1]", "int64[::1]"
+F32_2, F64_2, I64_2 = "float32[:, ::1]", "float64[:, ::1]", "int64[:, ::1]"
 
-# kernel -> argument-type lists the wrappers launch it with (C-contiguous device arrays)
+# kernel -> argument-type lists the wrappers launch it with
 SIGNATURES = {
     "_delta_stats_kernel": [
         f"void({src}, {src}, int64, {F32}, int64, {F64}, {I64}, {F32})"
-        for src in (ARR1.format("int16"), F32, F64)],
+        for src in (I16, F32, F64)],
     "_forward_kernel": [f"void({F32}, {I64}, {I64}, {F32_2}, {F32_2})"],
     "_grad_values_kernel": [f"void({F32_2}, {I64}, {I64}, {F32_2}, {F32})"],
     "_scatter_rows_kernel": [f"void({F32}, {I64}, {I64}, {I64}, {F32_2}, {out})"

@@ -92,6 +92,8 @@ class SPDTrainer:
         self.layers = {name: self._make_layer(module) for name, module in self.targets.items()}
         self.target_weights = [weight_out_in(m, self.layers[n].kind).detach().float() for n, m in self.targets.items()]
         self.hooks = ComponentHooks(self.targets, self.layers)
+        # the importance penalty's factor per layer, in self.layers order (fixed per run)
+        self.importance_scales = [config.importance_scale(name) for name in self.layers]
         self.params = [p for layer in self.layers.values() for p in layer.parameters()]
         self.optimizer = torch.optim.Adam(self.params, lr=config.lr)
         for p in model.parameters():
@@ -121,9 +123,8 @@ class SPDTrainer:
         ci_lower, ci_upper = self.importances()
         faith = faithfulness_loss(self.target_weights, [layer.weight_OI() for layer in self.layers.values()])
         recon, layerwise = self._recon_losses(batch, target_out, ci_lower)
-        scales = [cfg.importance_scale(name) for name in ci_upper]
         importance = importance_minimality_loss(list(ci_upper.values()), cfg.pnorm_at(step),
-                                                cfg.importance_eps, scales)
+                                                cfg.importance_eps, self.importance_scales)
         total = (cfg.faithfulness_coeff * faith + cfg.stochastic_recon_coeff * recon
                  + cfg.stochastic_recon_layerwise_coeff * layerwise
                  + cfg.importance_minimality_coeff * importance)

@@ -56,9 +56,9 @@ def importance_minimality_loss(ci_upper: list[Tensor], pnorm: float, eps: float,
         Scalar loss.
     """
     total = 0.0
-    for layer, ci in enumerate(ci_upper):
+    for scale, ci in zip(scales or [1.0] * len(ci_upper), ci_upper, strict=True):
         per_input = (ci + eps).pow(pnorm).sum(-1)
-        total = total + (1.0 if scales is None else scales[layer]) * per_input.mean()
+        total = total + scale * per_input.mean()
     return total
 
 
