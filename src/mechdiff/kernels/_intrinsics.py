@@ -3,8 +3,10 @@
 - `prefetch(arr, i)` asks the CPU to start loading the cache line of flat element i of
   a C-contiguous array, so a loop can overlap the cache misses of rows it will touch a
   few iterations later. A hint only: it never faults and changes no value.
-- `fetch_add(arr, i, v)` atomically adds v to arr[i] and returns the old value, so the
-  threads of a parallel loop can hand out work items one at a time.
+- `fetch_add(arr, i, v)` atomically adds v to arr[i] and returns the old value, so
+  threads can hand out work items one at a time. It is a full barrier (sequentially
+  consistent): what a thread wrote before it is seen by a thread that reads its result,
+  so counters of finished work items can order phases (`fetch_add(arr, i, 0)` reads).
 """
 
 from __future__ import annotations
@@ -46,6 +48,6 @@ def fetch_add(typingctx, arr, index, value):
 
     def codegen(context, builder, signature, args):
         ptr = _element_pointer(context, builder, signature.args[0], args[0], args[1])
-        return builder.atomic_rmw("add", ptr, args[2], "monotonic")
+        return builder.atomic_rmw("add", ptr, args[2], "seq_cst")
 
     return sig, codegen

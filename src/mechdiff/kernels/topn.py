@@ -13,9 +13,16 @@ import threading
 import numba
 import numpy as np
 import torch
-from numba import njit, prange
+from numba import njit
 
 from mechdiff.kernels._intrinsics import fetch_add, prefetch
+from mechdiff.kernels._workshare import (
+    FIRST_FREE_SLOT,
+    join,
+    leave,
+    new_control,
+    run_shared,
+)
 from mechdiff.kernels.heap import compile_heap
 from mechdiff.kernels.resolver import resolve
 
@@ -26,8 +33,8 @@ from mechdiff.kernels.resolver import resolve
 _offer = compile_heap(lambda f: njit(f, inline="always", _nrt=False))["offer"]
 # entries per kernel call: bounds the candidate scratch (int32 indices, 2 x 16 MB)
 _SLICE_ENTRIES = 1 << 22
-# latent ranges (and entry shares) per thread, handed out one at a time: 1, 2 and 4
-# measured alike on 2 threads, 8 and 16 slower (more, smaller candidate runs)
+# latent ranges (and entry shares) per thread, handed out one at a time: on 2 threads
+# 2 took 24.0 ms per 8-chunk benchmark stream, 1 took 26.7 and 4 took 29.8
 _PARTS_PER_THREAD = 2
 # int64 slots past each share's row of part bounds: a cache line between threads' rows
 _ROW_PAD = 8
@@ -183,73 +190,90 @@ def topn_update_reference(state_act, state_doc, state_pos, state_count, latent, 
 def topn_update_numba(state_act, state_doc, state_pos, state_count, latent, act, doc,
                       pos) -> None:
     """numba CPU loop: threads filter shares of the entries, then insert by latent range."""
-    host = [t.cpu() for t in (state_act, state_doc, state_pos, state_count)]
+    host = [t.cpu().numpy() for t in (state_act, state_doc, state_pos, state_count)]
     entries = [t.cpu().numpy() for t in (latent, act, doc, pos)]
     n_threads = numba.get_num_threads()
-    scratch = _scratch_buffers(n_threads * _PARTS_PER_THREAD, min(_SLICE_ENTRIES, entries[0].size))
+    n_parts = n_threads * _PARTS_PER_THREAD
+    scratch = _scratch_buffers(n_parts, min(_SLICE_ENTRIES, entries[0].size))
     for s in range(0, entries[0].size, _SLICE_ENTRIES):
-        _update_kernel(*(t.numpy() for t in host), *(e[s:s + _SLICE_ENTRIES] for e in entries),
-                       *scratch, n_threads)
+        bar, part_of = _bars(host[0], host[3], n_parts)
+        run_shared(_update_work, (*host, bar, part_of, *(e[s:s + _SLICE_ENTRIES] for e in entries),
+                                  *scratch, new_control(3)), n_threads)
     for target, source in zip((state_act, state_doc, state_pos, state_count), host, strict=True):
         if target.device.type != "cpu":
-            target.copy_(source)
+            target.copy_(torch.from_numpy(source))
 
 
 def _scratch_buffers(n_parts: int, m: int) -> tuple[np.ndarray, ...]:
-    """Per-thread reusable buffers of `_update_kernel`.
+    """Per-thread reusable buffers of `_update_work`.
 
     candidates and dealt: int32[>= m] entry indices; bounds: int64[share, part + 2] where
     each part's candidates lie in a share (rows padded by a cache line, so threads never
-    write to one line); tickets: int64[16], two work counters on separate lines.
+    write to one line).
     Kept between calls: a fresh buffer of this size is a fresh mapping, and its page
     faults cost ~10% of an update of a 262144-entry chunk.
     """
     held = getattr(_scratch, "buffers", None)
     if held is None or held[2].shape[0] != n_parts or held[0].size < m:
         _scratch.buffers = (np.empty(m, np.int32), np.empty(m, np.int32),
-                            np.zeros((n_parts, n_parts + 2 + _ROW_PAD), np.int64), np.zeros(16, np.int64))
+                            np.zeros((n_parts, n_parts + 2 + _ROW_PAD), np.int64))
     return _scratch.buffers
 
 
-@njit(parallel=True, cache=True)
-def _update_kernel(s_act, s_doc, s_pos, s_count, latent, act, doc, pos, candidates, dealt,
-                   bounds, tickets, n_threads):  # pragma: no cover (numba)
-    # Two parallel passes over P shares of the entries, then P ranges of latents ("parts"),
-    # each handed to whichever thread asks next (a slow or preempted thread then holds
-    # nobody up). A share's entries are filtered against their latent's bar (most fail
-    # once the rows are full) and the survivors are partitioned by part; each part then
-    # inserts its candidates from every share, touching only its own rows.
-    # Measured and dropped: a full counting sort of the candidates by latent (cost more
-    # than its locality saved), sorted rows instead of heaps (alike), a branch-free
-    # choice of the worse child on every tie-break field (slower: more loads).
+@njit(cache=True)
+def _bars(s_act, s_count, n_parts):  # pragma: no cover (numba)
+    """(bar float32[F], part_of int32[F]): each latent's entry bar (its worst kept
+    activation once its row is full, else -inf) and the part that owns its row.
+
+    The bars sit in one small array: rejecting an entry touches one cache line per 16
+    latents instead of one per latent."""
     n_latents, n = s_act.shape
-    n_parts = bounds.shape[0]
-    m = latent.size
-    # entry bar per latent in one small array: rejecting an entry then touches one
-    # cache line per 16 latents instead of one per latent
     bar = np.full(n_latents, -np.inf, np.float32)
     part_of = np.empty(n_latents, np.int32)
     for j in range(n_latents):
         if s_count[j] == n:
             bar[j] = s_act[j, 0]
         part_of[j] = j * n_parts // n_latents
-    tickets[0] = 0
-    tickets[8] = 0
-    for _ in prange(n_threads):
-        share = fetch_add(tickets, 0, 1)
-        while share < n_parts:
-            _filter_share(bar, part_of, latent, act, share * m // n_parts,
-                          (share + 1) * m // n_parts, candidates, dealt, bounds[share])
-            share = fetch_add(tickets, 0, 1)
-    for _ in prange(n_threads):
-        part = fetch_add(tickets, 8, 1)
-        while part < n_parts:
-            for share in range(n_parts):
-                start = share * m // n_parts
-                _insert(s_act, s_doc, s_pos, s_count, bar,
-                        dealt[start + bounds[share, part]:start + bounds[share, part + 1]],
-                        latent, act, doc, pos)
-            part = fetch_add(tickets, 8, 1)
+    return bar, part_of
+
+
+# the job's counters in its control array (see _workshare), one cache line apart
+_SHARE_TICKET, _SHARES_DONE, _PART_TICKET = FIRST_FREE_SLOT, FIRST_FREE_SLOT + 8, FIRST_FREE_SLOT + 16
+
+
+@njit(nogil=True, _nrt=False, cache=True)
+def _update_work(s_act, s_doc, s_pos, s_count, bar, part_of, latent, act, doc, pos, candidates,
+                 dealt, bounds, ctrl):  # pragma: no cover (numba)
+    # One thread's part of a job: P shares of the entries, then P ranges of latents
+    # ("parts"), each handed to whichever thread asks next (a slow or preempted thread
+    # then holds nobody up). A share's entries are filtered against their latent's bar
+    # (most fail once the rows are full) and the survivors are partitioned by part; each
+    # part then inserts its candidates from every share, touching only its own rows.
+    # Measured and dropped: a full counting sort of the candidates by latent (cost more
+    # than its locality saved), sorted rows instead of heaps (alike; appends into sorted
+    # rows made filling them slower), a branch-free choice of the worse child on every
+    # tie-break field (slower: more loads).
+    if not join(ctrl):
+        return
+    n_parts = bounds.shape[0]
+    m = latent.size
+    share = fetch_add(ctrl, _SHARE_TICKET, 1)
+    while share < n_parts:
+        _filter_share(bar, part_of, latent, act, share * m // n_parts,
+                      (share + 1) * m // n_parts, candidates, dealt, bounds[share])
+        fetch_add(ctrl, _SHARES_DONE, 1)
+        share = fetch_add(ctrl, _SHARE_TICKET, 1)
+    while fetch_add(ctrl, _SHARES_DONE, 0) < n_parts:  # every share dealt before any insert
+        pass
+    part = fetch_add(ctrl, _PART_TICKET, 1)
+    while part < n_parts:
+        for share in range(n_parts):
+            start = share * m // n_parts
+            _insert(s_act, s_doc, s_pos, s_count, bar,
+                    dealt[start + bounds[share, part]:start + bounds[share, part + 1]],
+                    latent, act, doc, pos)
+        part = fetch_add(ctrl, _PART_TICKET, 1)
+    leave(ctrl)
 
 
 @njit(_nrt=False, cache=True)
@@ -288,7 +312,10 @@ def _insert(s_act, s_doc, s_pos, s_count, bar, candidates, latent, act, doc,
     m = candidates.size
     for k in range(m):
         if k + _PREFETCH_AHEAD < m:  # the activation row of a candidate a few ahead
-            prefetch(s_act, latent[candidates[k + _PREFETCH_AHEAD]] * n)
+            ahead = candidates[k + _PREFETCH_AHEAD]
+            prefetch(s_act, latent[ahead] * n)
+            prefetch(doc, ahead)
+            prefetch(pos, ahead)
         i = candidates[k]
         j = latent[i]
         if act[i] >= bar[j]:  # the bar may have risen since the filter

@@ -1,0 +1,87 @@
+"""_workshare: every work item done exactly once, late helpers shut out, fork-safe pool."""
+
+import multiprocessing
+
+import numpy as np
+import pytest
+from numba import njit
+
+from mechdiff.kernels._intrinsics import fetch_add
+from mechdiff.kernels._workshare import (
+    FINISHED,
+    FIRST_FREE_SLOT,
+    JOINED,
+    join,
+    leave,
+    new_control,
+    run_shared,
+)
+
+_TICKET, _DONE, _TICKET2 = FIRST_FREE_SLOT, FIRST_FREE_SLOT + 8, FIRST_FREE_SLOT + 16
+
+
+@njit(nogil=True)
+def _square_items(done_by, out, ctrl):
+    # a two-phase job like topn's: squares, then (after a barrier on the first phase)
+    # each item adds its right neighbour's square, which another thread may have written
+    if not join(ctrl):
+        return
+    n = out.size
+    i = fetch_add(ctrl, _TICKET, 1)
+    while i < n:
+        out[i] = i * i
+        done_by[i] += 1
+        fetch_add(ctrl, _DONE, 1)
+        i = fetch_add(ctrl, _TICKET, 1)
+    while fetch_add(ctrl, _DONE, 0) < n:
+        pass
+    i = fetch_add(ctrl, _TICKET2, 1)
+    while i < n:
+        done_by[n + i] = out[(i + 1) % n]
+        i = fetch_add(ctrl, _TICKET2, 1)
+    leave(ctrl)
+
+
+def _run(n_items: int, n_threads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    out = np.zeros(n_items, np.int64)
+    done_by = np.zeros(2 * n_items, np.int64)
+    ctrl = new_control(3)
+    run_shared(_square_items, (done_by, out, ctrl), n_threads)
+    return out, done_by, ctrl
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 4])
+@pytest.mark.parametrize("n_items", [0, 1, 7, 5000])
+def test_each_item_is_done_once_and_phases_are_ordered(n_items, n_threads):
+    out, done_by, ctrl = _run(n_items, n_threads)
+    items = np.arange(n_items)
+    np.testing.assert_array_equal(out, items * items)
+    assert (done_by[:n_items] == 1).all()  # each item handed out once
+    # the second phase read squares written in the first, by whichever thread
+    np.testing.assert_array_equal(done_by[n_items:], np.roll(items * items, -1))
+    joined = ctrl[JOINED] % (1 << 40)
+    assert 1 <= joined <= n_threads and ctrl[FINISHED] == joined
+
+
+def test_a_helper_that_wakes_after_the_job_touches_nothing():
+    out, done_by, ctrl = _run(50, 2)
+    before = (out.copy(), done_by.copy(), ctrl.copy())
+    _square_items(done_by, out, ctrl)  # what a late helper runs
+    np.testing.assert_array_equal(out, before[0])
+    np.testing.assert_array_equal(done_by, before[1])
+    assert ctrl[FINISHED] == before[2][FINISHED]
+
+
+def _child(queue) -> None:
+    out, _, _ = _run(300, 2)
+    queue.put(bool((out == np.arange(300) ** 2).all()))
+
+
+def test_helpers_work_in_a_forked_child():
+    _run(10, 2)  # the parent's pool exists before the fork
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_child, args=(queue,))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0 and queue.get(timeout=5) is True
