@@ -85,3 +85,16 @@ def test_helpers_work_in_a_forked_child():
     child.start()
     child.join(60)
     assert child.exitcode == 0 and queue.get(timeout=5) is True
+
+
+def test_a_pool_that_refuses_work_leaves_it_to_the_caller(monkeypatch):
+    from mechdiff.kernels import _workshare
+
+    class ShutDown:
+        def submit(self, *args):
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+
+    monkeypatch.setattr(_workshare, "_helpers", lambda n: ShutDown())
+    out, _, ctrl = _run(40, 2)
+    np.testing.assert_array_equal(out, np.arange(40) ** 2)
+    assert ctrl[JOINED] % (1 << 40) == 1 and ctrl[FINISHED] == 1

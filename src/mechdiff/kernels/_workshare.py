@@ -48,8 +48,11 @@ def run_shared(work, args: tuple, n_threads: int) -> None:
         n_threads: threads that may work on the job, this one included.
     """
     pool = _helpers(n_threads - 1)
-    for _ in range(n_threads - 1):
-        pool.submit(work, *args)
+    try:
+        for _ in range(n_threads - 1):
+            pool.submit(work, *args)
+    except RuntimeError:  # the interpreter is shutting down: this thread does it all
+        pass
     work(*args)
     close(args[-1])
 
