@@ -4,6 +4,8 @@ Stream (latent, activation, doc, position) entries chunk by chunk; each latent k
 bounded heap (see `heap`), so memory is O(F * n) and each entry costs one comparison
 unless it enters. States merge exactly across chunks and ranks because ties are broken
 by (doc, pos). NaN and -inf activations are ignored (-inf marks empty slots).
+The CPU loop is numba code run by the calling thread and helper threads (`_workshare`)
+rather than a `parallel=True` loop, whose per-call wake-up cost ~10% of an update here.
 """
 
 from __future__ import annotations
