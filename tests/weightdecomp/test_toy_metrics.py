@@ -83,7 +83,7 @@ def test_toy_input_validation():
 
 
 def test_tms_40_10_anneals_p_from_1_to_2_over_the_first_30_percent():
-    # the recipe that took both matrices to exactly 40 alive at seeds 0-5 (see toy.TOY_CONFIGS)
+    # the recipe that took both matrices to exactly 40 alive at seeds 0-7 (see toy.TOY_CONFIGS)
     cfg = toy_config("tms-40-10")
     assert [cfg.pnorm_at(s) for s in (0, 3000, 6000, 19999)] == [1.0, 1.5, 2.0, 2.0]
     assert cfg.importance_scale("linear1") == 1.5 and cfg.importance_scale("linear2") == 2.0

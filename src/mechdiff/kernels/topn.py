@@ -247,8 +247,8 @@ _SHARE_TICKET, _SHARES_DONE, _PART_TICKET = FIRST_FREE_SLOT, FIRST_FREE_SLOT + 8
 def _update_work(s_act, s_doc, s_pos, s_count, bar, part_of, latent, act, doc, pos, candidates,
                  dealt, bounds, ctrl):  # pragma: no cover (numba)
     # One thread's part of a job: P shares of the entries, then P ranges of latents
-    # ("parts"), each handed to whichever thread asks next (a slow or preempted thread
-    # then holds nobody up). A share's entries are filtered against their latent's bar
+    # ("parts"), each handed to whichever thread asks next (so a thread that is slow or
+    # joins late simply takes fewer). A share's entries are filtered against their latent's bar
     # (most fail once the rows are full) and the survivors are partitioned by part; each
     # part then inserts its candidates from every share, touching only its own rows.
     # Measured and dropped: a full counting sort of the candidates by latent (cost more
