@@ -15,6 +15,7 @@ from mechdiff.kernels._workshare import (
     leave,
     new_control,
     run_shared,
+    wait_for,
 )
 
 _TICKET, _DONE, _TICKET2 = FIRST_FREE_SLOT, FIRST_FREE_SLOT + 8, FIRST_FREE_SLOT + 16
@@ -33,8 +34,7 @@ def _square_items(done_by, out, ctrl):
         done_by[i] += 1
         fetch_add(ctrl, _DONE, 1)
         i = fetch_add(ctrl, _TICKET, 1)
-    while fetch_add(ctrl, _DONE, 0) < n:
-        pass
+    wait_for(ctrl, _DONE, n)
     i = fetch_add(ctrl, _TICKET2, 1)
     while i < n:
         done_by[n + i] = out[(i + 1) % n]

@@ -11,7 +11,8 @@ joined.
 A job is a numba function `work(*args, ctrl)` whose last argument is a control array
 from `new_control()`. It starts with `if not join(ctrl): return` and ends with
 `leave(ctrl)`; its own counters use slots FIRST_FREE_SLOT, FIRST_FREE_SLOT + 8, ...
-(one cache line apart) and are read and advanced with `fetch_add`, a full barrier.
+(one cache line apart) and are read and advanced with `fetch_add`, a full barrier;
+`wait_for(ctrl, slot, n)` holds a thread until a counter reaches n (a phase barrier).
 """
 
 from __future__ import annotations
@@ -69,12 +70,17 @@ def leave(ctrl) -> None:  # pragma: no cover (numba)
     fetch_add(ctrl, FINISHED, 1)
 
 
+@njit(inline="always", _nrt=False)
+def wait_for(ctrl, slot, target) -> None:  # pragma: no cover (numba)
+    """Spin until counter `slot` reaches `target` (the reads are atomic: nothing is hoisted)."""
+    while fetch_add(ctrl, slot, 0) < target:
+        pass
+
+
 @njit(nogil=True, _nrt=False, cache=True)
 def close(ctrl) -> None:  # pragma: no cover (numba)
     """Shut later helpers out of the job and wait for those that joined it to leave."""
-    joined = fetch_add(ctrl, JOINED, CLOSED)
-    while fetch_add(ctrl, FINISHED, 0) < joined:
-        pass
+    wait_for(ctrl, FINISHED, fetch_add(ctrl, JOINED, CLOSED))
 
 
 def _helpers(n: int) -> ThreadPoolExecutor | None:

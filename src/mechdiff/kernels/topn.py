@@ -24,6 +24,7 @@ from mechdiff.kernels._workshare import (
     leave,
     new_control,
     run_shared,
+    wait_for,
 )
 from mechdiff.kernels.heap import compile_heap
 from mechdiff.kernels.resolver import resolve
@@ -265,8 +266,7 @@ def _update_work(s_act, s_doc, s_pos, s_count, bar, part_of, latent, act, doc, p
                       (share + 1) * m // n_parts, candidates, dealt, bounds[share])
         fetch_add(ctrl, _SHARES_DONE, 1)
         share = fetch_add(ctrl, _SHARE_TICKET, 1)
-    while fetch_add(ctrl, _SHARES_DONE, 0) < n_parts:  # every share dealt before any insert
-        pass
+    wait_for(ctrl, _SHARES_DONE, n_parts)  # every share dealt before any insert
     part = fetch_add(ctrl, _PART_TICKET, 1)
     while part < n_parts:
         for share in range(n_parts):
