@@ -17,11 +17,16 @@ import time
 import torch
 from torch import nn
 
-from mechdiff.diffing.activation_hooks import ActivationSite
-from mechdiff.diffing.activations import ActivationConfig, collect_activations
-from mechdiff.diffing.crosscoder import CrossCoder
-from mechdiff.diffing.crosscoder_config import CrosscoderConfig
-from mechdiff.diffing.train import TrainState, fve_per_model, make_optimizer, train_step
+from mechdiff.diffing.activations.collect import ActivationConfig, collect_activations
+from mechdiff.diffing.activations.hooks import ActivationSite
+from mechdiff.diffing.crosscoder.config import CrosscoderConfig
+from mechdiff.diffing.crosscoder.module import CrossCoder
+from mechdiff.diffing.crosscoder.train import (
+    TrainState,
+    fve_per_model,
+    make_optimizer,
+    train_step,
+)
 
 FULL = {"d": 512, "dict_size": 16384, "k": 64, "batch": 4096, "steps": 3}
 QUICK = {"d": 128, "dict_size": 4096, "k": 16, "batch": 1024, "steps": 2}
@@ -84,7 +89,7 @@ def _time_dense(module: DenseCrossCoder, config: CrosscoderConfig, batches: list
         loss.backward()
         optimizer.step()
 
-    from mechdiff.diffing.train import lr_at
+    from mechdiff.diffing.crosscoder.train import lr_at
 
     step(batches[0], lr_at(0, config))
     start = time.perf_counter()

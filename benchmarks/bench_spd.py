@@ -28,10 +28,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mechdiff.weightdecomp.match import delta_in_components, match_components
-from mechdiff.weightdecomp.spd import SPDTrainer
-from mechdiff.weightdecomp.toy import TOY_CONFIGS, decompose_tms_like, run_toy
-from mechdiff.weightdecomp.toy_models import TMSModel, feature_batches, train_tms
+from mechdiff.diffing.components.match import delta_in_components, match_components
+from mechdiff.weightdecomp.spd.trainer import SPDTrainer
+from mechdiff.weightdecomp.toys.models import TMSModel, feature_batches, train_tms
+from mechdiff.weightdecomp.toys.recipes import TOY_CONFIGS, decompose_tms_like, run_toy
 
 
 class NaiveCI(nn.Module):

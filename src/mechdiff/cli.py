@@ -94,7 +94,7 @@ def diff(base: str, ft: str | None, out: str | None, adapter: str | None, k: int
          as_json: bool, no_progress: bool) -> None:
     """Data-free weight diff of BASE and FT (or BASE and --adapter)."""
     from mechdiff.api import diff_checkpoints
-    from mechdiff.diffing.weights import DiffConfig
+    from mechdiff.diffing.weights.diff import DiffConfig
     from mechdiff.weightdecomp.spectral import SpectralConfig
 
     if (ft is None) == (adapter is None):
@@ -153,8 +153,8 @@ def audit(base: str, ft: str | None, data: str | None, adapter: str | None, out:
           components_steps: int, device: str, top: int | None, as_json: bool, no_progress: bool) -> None:
     """Audit FT against BASE: every lens that applies, ranked findings, a verdict (exit 1 above --fail-above)."""
     from mechdiff.api import audit_checkpoints
-    from mechdiff.diffing.audit import AuditConfig
-    from mechdiff.diffing.weights import DiffConfig
+    from mechdiff.diffing.audit.verdict import AuditConfig
+    from mechdiff.diffing.weights.diff import DiffConfig
 
     if (ft is None) == (adapter is None):
         raise click.UsageError("give either FT or --adapter DIR (not both, not neither)")
@@ -211,7 +211,7 @@ def crosscoder(base: str, ft: str, data: str, layer: int, site: str, out: str | 
     if as_json:
         emit_json(summary)
     else:
-        from mechdiff.diffing.crosscoder_summary import format_summary
+        from mechdiff.diffing.crosscoder.summary import format_summary
 
         click.echo(format_summary(summary))
 
@@ -246,7 +246,7 @@ def decompose(model: str | None, toy: str | None, globs: tuple[str, ...], data: 
     if checkpoint_dir:
         from pathlib import Path
 
-        from mechdiff.weightdecomp.spd_checkpoint import Checkpointing
+        from mechdiff.weightdecomp.spd.checkpoint import Checkpointing
 
         checkpointing = Checkpointing(Path(checkpoint_dir), every=checkpoint_every, resume=resume)
     document = decompose_model(model, toy=toy, module_globs=list(globs), data=data, out=out, seed=seed,

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mechdiff.diffing.activation_store import PairedActivations, norm_scales
-from mechdiff.diffing.crosscoder_config import CrosscoderConfig
-from mechdiff.diffing.crosscoder_eval import evaluate_crosscoder
-from mechdiff.diffing.train import train_crosscoder
+from mechdiff.diffing.activations.cache import PairedActivations, norm_scales
+from mechdiff.diffing.crosscoder.config import CrosscoderConfig
+from mechdiff.diffing.crosscoder.eval import evaluate_crosscoder
+from mechdiff.diffing.crosscoder.train import train_crosscoder
 from mechdiff.distributed import init_from_env
 
 N_DOCS, DOC_LEN, D_MODEL, GLOBAL_BATCH = 48, 16, 12, 64

@@ -14,9 +14,9 @@ import torch
 from ckpt_builders import LLAMA_CONFIG, drift, llama_state, low_rank, save_folder
 
 from mechdiff.api import diff_checkpoints
-from mechdiff.diffing.audit import AuditResult
-from mechdiff.diffing.behaviour import BehaviourResult
-from mechdiff.diffing.findings import Finding, link_and_rank
+from mechdiff.diffing.audit.findings import Finding, link_and_rank
+from mechdiff.diffing.audit.verdict import AuditResult
+from mechdiff.diffing.behaviour.kl import BehaviourResult
 from mechdiff.errors import InputError
 from mechdiff.report.html import render_report
 from mechdiff.report.html_weights import detection_cut

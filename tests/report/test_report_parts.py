@@ -7,7 +7,7 @@ import base64
 import numpy as np
 import pytest
 
-from mechdiff.diffing.findings import Finding, findings_table
+from mechdiff.diffing.audit.findings import Finding, findings_table
 from mechdiff.report import plots
 from mechdiff.report.html_audit import audit_banner, findings_section, gate
 from mechdiff.report.html_page import (

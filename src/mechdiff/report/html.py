@@ -89,7 +89,7 @@ def build_html(results: Results) -> str:
 
 
 def _weight_diff(results: Results) -> Any:
-    from mechdiff.diffing.weights_result import load_weight_diff
+    from mechdiff.diffing.weights.result import load_weight_diff
 
     return load_weight_diff(results)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from mechdiff.diffing.weights_result import TensorChange, WeightDiff
+from mechdiff.diffing.weights.result import TensorChange, WeightDiff
 from mechdiff.report import plots
 from mechdiff.report.html_page import (
     Markup,

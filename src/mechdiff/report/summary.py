@@ -24,7 +24,7 @@ def summarizer(part: str) -> Callable:
 
 @summarizer("weights")
 def _weights(results: Results, top: int | None) -> tuple[dict, str]:
-    from mechdiff.diffing.weights_result import load_weight_diff
+    from mechdiff.diffing.weights.result import load_weight_diff
     from mechdiff.report.terminal import render_weight_diff
 
     diff = load_weight_diff(results)
@@ -67,7 +67,7 @@ def _generic(results: Results, name: str) -> tuple[dict, str]:
 def _load_optional_summarizers() -> None:
     import importlib
 
-    for module in ("mechdiff.diffing.crosscoder_summary", "mechdiff.weightdecomp.components_summary",
+    for module in ("mechdiff.diffing.crosscoder.summary", "mechdiff.weightdecomp.components_summary",
                    "mechdiff.diffing.audit_summary"):
         try:
             importlib.import_module(module)

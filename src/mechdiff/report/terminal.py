@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mechdiff.diffing.weights_result import WeightDiff
+from mechdiff.diffing.weights.result import WeightDiff
 
 
 def _fmt(value: float) -> str:

@@ -154,7 +154,7 @@ def _register_builtin_parts() -> None:
     """Import the modules that register specialised parts (lazily, never at import)."""
     import importlib
 
-    for module in ("mechdiff.diffing.crosscoder_store", "mechdiff.weightdecomp.components_store"):
+    for module in ("mechdiff.diffing.crosscoder.part", "mechdiff.weightdecomp.spd.part"):
         try:
             importlib.import_module(module)
         except ImportError:

@@ -1,0 +1,154 @@
+"""The audit's lenses that run the models, and the findings of every lens merged into one verdict."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mechdiff.checkpoint.sources import read_config
+from mechdiff.diffing.audit.verdict import (
+    AuditConfig,
+    AuditResult,
+    behaviour_findings,
+    component_findings,
+    crosscoder_findings,
+    head_findings,
+    merge_findings,
+    weight_findings,
+)
+from mechdiff.diffing.weights.result import WeightDiff
+from mechdiff.distributed import DistContext, rank_device
+
+
+@dataclass
+class ModelLenses:
+    """What the lenses that run both models found (each None when it did not run)."""
+
+    behaviour: Any = None
+    """BehaviourResult of the per-token KL lens."""
+    crosscoder: Any = None
+    """CrosscoderResult of the crosscoder lens."""
+    decomposition: Any = None
+    """Decomposition of BASE's chosen modules (components lens)."""
+    component_deltas: list = field(default_factory=list)
+    """FT's weights expressed in those components, one per module."""
+
+    def parts(self) -> list:
+        """The results-file parts these lenses write (crosscoder, base decomposition)."""
+        return [p for p in (self.crosscoder, self.decomposition) if p is not None]
+
+
+def audit_findings(diff: WeightDiff, lenses: ModelLenses | None, config: AuditConfig) -> AuditResult:
+    """Findings of every lens that ran, merged and ranked into the verdict."""
+    found = {"weights": weight_findings(diff, config.thresholds), "heads": head_findings(diff, config.thresholds)}
+    behaviour = lenses.behaviour if lenses is not None else None
+    if behaviour is not None:
+        found["behaviour"] = behaviour_findings(behaviour)
+    if lenses is not None and lenses.crosscoder is not None:
+        found["crosscoder"] = crosscoder_findings(lenses.crosscoder.to_json())
+    if lenses is not None and lenses.decomposition is not None:
+        found["components"] = component_findings(lenses.component_deltas, decomposition_norms(lenses.decomposition),
+                                                 config.thresholds)
+    return merge_findings(found, config.thresholds, config.fail_above, behaviour)
+
+
+def runnable(path: str | os.PathLike | None) -> bool:
+    return path is not None and Path(path).is_dir() and (Path(path) / "config.json").is_file()
+
+
+def run_model_lenses(base: str | os.PathLike, ft: str | os.PathLike, data: str | os.PathLike,
+                      config: AuditConfig, progress: bool, ctx: DistContext) -> ModelLenses | None:
+    """Crosscoder, behaviour and components lenses on one loaded copy of each model.
+
+    The crosscoder comes first: every rank takes part in it; the other two are rank 0's.
+    """
+    from mechdiff.diffing.activations.collect import read_texts
+    from mechdiff.diffing.behaviour.kl import BehaviourConfig, behaviour_diff
+    from mechdiff.diffing.crosscoder.pipeline import crosscoder_on_models
+    from mechdiff.models import load_model_pair
+
+    texts = read_texts(data)
+    device = rank_device((config.behaviour or BehaviourConfig()).device, ctx)
+    base_model, ft_model, base_tok, ft_tok = load_model_pair(base, ft, device)
+    behaviour = crosscoder = None
+    if config.crosscoder:
+        model_config = read_config(Path(base)) or {}
+        layer = config.crosscoder_layer if config.crosscoder_layer is not None else _middle_layer(model_config)
+        cc_config = audit_crosscoder_config(hidden_size(model_config), approx_tokens(texts),
+                                            config.crosscoder_options)
+        crosscoder = crosscoder_on_models(base_model, ft_model, (base_tok, ft_tok), texts, layer, cc_config,
+                                          device=device, progress=progress, ctx=ctx)
+    if not ctx.is_main:
+        return None
+    if config.behaviour is not None:
+        behaviour = behaviour_diff(base_model, ft_model, (base_tok, ft_tok), texts, config.behaviour)
+    decomposition, deltas = _components_lens(base_model, ft_model, base_tok, texts, config, progress)
+    return ModelLenses(behaviour, crosscoder, decomposition, deltas)
+
+
+def _components_lens(base_model: object, ft_model: object, tokenizer: object, texts: list[str],
+                     config: AuditConfig, progress: bool) -> tuple:
+    """SPD of BASE's chosen modules on the data; FT's weights expressed in those components."""
+    if not config.components:
+        return None, []
+    import dataclasses
+
+    from mechdiff.diffing.components.match import delta_in_components
+    from mechdiff.weightdecomp.spd.components import find_targets, weight_out_in
+    from mechdiff.weightdecomp.spd.config import SPDConfig
+    from mechdiff.weightdecomp.spd.hf import decompose_lm
+
+    spd_config = dataclasses.replace(SPDConfig(), steps=config.components_steps)
+    decomposition = decompose_lm(base_model, tokenizer, list(config.components), "\n".join(texts), spd_config,
+                                 progress=progress)
+    targets = find_targets(ft_model, list(config.components))
+    deltas = [delta_in_components(module, weight_out_in(targets[name], module.kind).detach().float().cpu().numpy())
+              for name, module in decomposition.modules.items()]
+    return decomposition, deltas
+
+
+def decomposition_norms(decomposition: object) -> dict:
+    """Module -> Frobenius norm of each of its components."""
+    return {name: module.norms_C for name, module in decomposition.modules.items()}
+
+
+def _middle_layer(model_config: dict) -> int:
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        if isinstance(model_config.get(key), int):
+            return model_config[key] // 2
+    return 0
+
+
+def hidden_size(model_config: dict) -> int:
+    for key in ("hidden_size", "n_embd", "d_model"):
+        if isinstance(model_config.get(key), int):
+            return model_config[key]
+    return 512
+
+
+def approx_tokens(texts: list[str]) -> int:
+    return int(1.3 * sum(len(t.split()) for t in texts))
+
+
+def audit_crosscoder_config(d_model: int, corpus_tokens: int, overrides: dict | None = None) -> object:
+    """A crosscoder sized to the model and the corpus: seconds for the demo, hours-not-days for 1B/1M tokens.
+
+    Dictionary 8 x d_model, but at most 16384 and at most one latent per 64 corpus tokens
+    (rounded down to a power of two; a latent needs examples to be learned), k = dict/16 within
+    [4, 64], two passes over the corpus but at least 600 steps; small dictionaries take a
+    larger learning rate.
+    """
+    from mechdiff.diffing.crosscoder.config import CrosscoderConfig
+
+    by_data = 1 << max(6, (max(corpus_tokens, 1) // 64).bit_length() - 1)
+    dict_size = min(16384, 8 * d_model, by_data)
+    batch = 256 if d_model < 256 else 4096
+    steps = max(600, 2 * corpus_tokens // batch)
+    values = {"dict_size": dict_size, "k": max(4, min(64, dict_size // 16)), "batch": batch, "tokens": steps * batch,
+              "lr": 3e-3 if dict_size <= 2048 else 1e-4, "warmup_steps": min(1000, steps // 10),
+              "dead_after_tokens": 50 * batch}
+    return CrosscoderConfig.from_dict({**CrosscoderConfig().to_dict(), **values, **(overrides or {})})
+
+

@@ -1,0 +1,256 @@
+"""The audit: run the lenses that apply, turn their evidence into ranked, linked findings."""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from mechdiff.diffing.audit.findings import (
+    OUTLIER_FACTOR,
+    Finding,
+    findings_table,
+    link_and_rank,
+)
+from mechdiff.diffing.behaviour.kl import BehaviourConfig, BehaviourResult
+from mechdiff.diffing.weights.diff import DiffConfig
+from mechdiff.diffing.weights.result import WeightDiff
+
+AUDIT_SCHEMA_VERSION = 1
+TOKENS_PER_FINDING = 5
+NU_EPS_MAX, NU_R_MAX = 0.2, 0.5
+REWRITTEN_DELTA_MIN, REWRITTEN_COS_MAX = 0.6, 0.5
+
+
+@dataclass(frozen=True)
+class AuditThresholds:
+    """Where findings start to count."""
+
+    finding: float = 1.0
+    """Score above which a finding makes the verdict "findings" (``--fail-above`` overrides)."""
+    max_findings: int = 20
+    """Findings kept after ranking."""
+    weights_per_lens: int = 8
+    """Top matrices / heads turned into findings before linking."""
+
+    def __post_init__(self) -> None:
+        if self.finding <= 0 or self.max_findings <= 0 or self.weights_per_lens <= 0:
+            raise ValueError("AuditThresholds: all values must be positive")
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """Which lenses the audit runs and how."""
+
+    diff: DiffConfig = field(default_factory=DiffConfig)
+    """Weight-diff settings (always runs)."""
+    behaviour: BehaviourConfig | None = field(default_factory=BehaviourConfig)
+    """Per-token KL on the data (when data is given and the models can be run); None skips it."""
+    crosscoder: bool = True
+    """Train a crosscoder on paired activations when data is given and the models can be run."""
+    crosscoder_layer: int | None = None
+    """Residual-stream layer for the crosscoder (default: the middle layer)."""
+    crosscoder_options: dict[str, Any] = field(default_factory=dict)
+    """Overrides of the crosscoder's config fields (e.g. dict_size, steps)."""
+    components: tuple[str, ...] = ()
+    """Module globs to decompose with SPD on the data (empty: the components lens is off)."""
+    components_steps: int = 2000
+    """SPD training steps for the components lens."""
+    thresholds: AuditThresholds = field(default_factory=AuditThresholds)
+    """Scoring thresholds."""
+    fail_above: float | None = None
+    """Exit 1 when a finding scores above this (the CLI's --fail-above)."""
+
+
+@dataclass
+class AuditResult:
+    """Ranked findings and the verdict."""
+
+    findings: list[Finding]
+    threshold: float
+    fail_above: float | None
+    lenses: list[str]
+    behaviour: BehaviourResult | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def verdict(self) -> str:
+        return "findings" if any(f.score > self.threshold for f in self.findings) else "pass"
+
+    def exceeds(self, score: float) -> bool:
+        return any(f.score > score for f in self.findings)
+
+    def to_json(self, top: int | None = None) -> dict[str, Any]:
+        return {"schema_version": AUDIT_SCHEMA_VERSION, "verdict": self.verdict,
+                "findings": [f.to_json() for f in self.findings[:top]],
+                "thresholds": {"finding": self.threshold, "fail_above": self.fail_above},
+                "lenses": self.lenses,
+                "behaviour": None if self.behaviour is None else self.behaviour.to_json(), **self.extra}
+
+    def write(self, writer: Any) -> None:
+        """Store under /audit (the lenses write their own groups)."""
+        if self.findings:
+            writer.table("audit/findings", findings_table(self.findings))
+        writer.attrs("audit", {"verdict": self.verdict, "thresholds": {"finding": self.threshold},
+                               "fail_above": self.fail_above, "lenses": self.lenses,
+                               "calibration": _calibration_doc()})
+        if self.behaviour is not None:
+            self.behaviour.write(writer)
+
+
+def _calibration_doc() -> str:
+    from mechdiff.diffing.audit import findings
+
+    return (findings.__doc__ or "").strip()
+
+
+def _meaningful(tokens: list[str]) -> list[str]:
+    """Tokens worth linking on: no special tokens, punctuation or ids."""
+    return [t for t in tokens if t and not (t.startswith("<") and t.endswith(">")) and any(c.isalnum() for c in t)
+            and not t.startswith("#")][:TOKENS_PER_FINDING]
+
+
+def _quote(tokens: list[str]) -> str:
+    return ", ".join(f"'{t}'" for t in tokens[:3])
+
+
+def weight_findings(diff: WeightDiff, thresholds: AuditThresholds) -> list[Finding]:
+    """Matrices whose structured change is an outlier for this fine-tune."""
+    matrices = [c for c in diff.changes if len(c.shape) == 2]
+    typical = statistics.median([c.score for c in matrices]) if matrices else 0.0
+    out = []
+    for change in [c for c in matrices if c.rank > 0][: thresholds.weights_per_lens]:
+        score = change.score / (OUTLIER_FACTOR * typical) if typical > 0 else 1.0
+        reads, writes = _meaningful(change.tokens_in), _meaningful(change.tokens_out)
+        where = f"{change.kind} of layer {change.layer}" if change.layer is not None else change.kind
+        summary = f"rank-{change.rank} change in {change.tensor} ({where}), {100 * change.score:.1f}% of its norm"
+        summary += f"; reads {_quote(reads)}" if reads else ""
+        summary += f"; writes {_quote(writes)}" if writes else ""
+        out.append(Finding("weights", score, summary, frozenset(reads + writes), change.layer, None, change.tensor,
+                           evidence={"score": change.score, "rank": change.rank, "rel_delta": change.rel_delta,
+                                     "structured_fraction": change.structured_fraction, "typical_score": typical,
+                                     "tokens_in": change.tokens_in, "tokens_out": change.tokens_out,
+                                     "n_intruders": change.n_intruders}))
+    return out
+
+
+def head_findings(diff: WeightDiff, thresholds: AuditThresholds) -> list[Finding]:
+    """Attention heads whose change stands out against the model's other heads."""
+    if not diff.heads:
+        return []
+    typical = statistics.median([h.score for h in diff.heads])
+    out = []
+    for head in [h for h in diff.heads if h.rank > 0][: thresholds.weights_per_lens]:
+        parts = [p for p, v in head.parts.items() if v.get("rank", 0) > 0]
+        score = head.score / (OUTLIER_FACTOR * typical) if typical > 0 else 1.0
+        summary = f"rank-{head.rank} change confined to head {head.head} of layer {head.layer} ({', '.join(parts)})"
+        out.append(Finding("heads", score, summary, frozenset(), head.layer, head.head, "",
+                           evidence={"score": head.score, "typical_score": typical, "parts": head.parts}))
+    return out
+
+
+def behaviour_findings(result: BehaviourResult, limit: int = 5) -> list[Finding]:
+    """Token types after which the fine-tune predicts differently, every time they occur.
+
+    A planted trigger changes the prediction at each of its occurrences, so its mean KL
+    over all occurrences is high; diffuse fine-tuning moves single positions, not types.
+    """
+    out = []
+    for row in result.by_token[:limit]:
+        examples = [c for c in result.contexts if c["token"] == row["token"]][:3]
+        shift = (f"the fine-tune predicts '{row['ft_top']}' (base: '{row['base_top']}')" if row["ft_top"]
+                 else "the fine-tune's next-token distribution moved (same top prediction)")
+        summary = (f"after '{row['token']}' {shift}; mean KL {row['mean_kl']:.2f} nats over its {row['count']} "
+                   f"occurrences (corpus mean {result.mean_kl:.3f})")
+        out.append(Finding("behaviour", row["mean_kl"], summary, frozenset(_meaningful([row["token"], row["ft_top"]])),
+                           evidence={**row, "corpus_mean_kl": result.mean_kl, "contexts": examples,
+                                     "tokens_rose": result.rose[:5]}))
+    return out
+
+
+def crosscoder_findings(summary: dict[str, Any]) -> list[Finding]:
+    """Fine-tune-only crosscoder latents; genuine ones (latent scaling passed) score 1.0.
+
+    Args:
+        summary: ``CrosscoderResult.to_json()``.
+    """
+    out = []
+    seen = set()
+    for latent in summary.get("top_ft_only", []):
+        genuine = _genuinely_ft_only(latent)
+        text = f"fine-tune-only latent {latent['latent']} at {summary.get('site')} (relative norm {latent['delta']:.2f})"
+        note = "" if genuine else "; latent scaling says it may be a sparsity artifact"
+        out.append(_latent_finding(latent, 1.0 if genuine else 0.5, text, note, genuine))
+        seen.add(latent["latent"])
+    for latent in summary.get("most_ft_leaning", []):
+        delta, cos = latent.get("delta") or 0.0, latent.get("cos")
+        if latent["latent"] in seen or delta < REWRITTEN_DELTA_MIN or cos is None or cos >= REWRITTEN_COS_MAX:
+            continue
+        text = (f"latent {latent['latent']} at {summary.get('site')} was rewritten by the fine-tune "
+                f"(relative norm {delta:.2f}, decoder cosine {cos:.2f})")
+        out.append(_latent_finding(latent, 0.5, text, "", False))
+    return out
+
+
+def _latent_finding(latent: dict[str, Any], score: float, text: str, note: str, genuine: bool) -> Finding:
+    marked = [_marked_token(c.get("text", "")) for c in latent.get("contexts", [])]
+    tokens = _meaningful([t for t, _ in Counter(marked).most_common()])
+    text += (f"; fires on {_quote(tokens)}" if tokens else "") + note
+    return Finding("crosscoder", score, text, frozenset(tokens), latent=int(latent["latent"]),
+                   evidence={**latent, "genuine": genuine, "contexts": latent.get("contexts", [])[:5]})
+
+
+def _genuinely_ft_only(latent: dict[str, Any]) -> bool:
+    """DESIGN.md's latent-scaling test: nu_eps < 0.2 and nu_r < 0.5 (unknown counts as not passed)."""
+    nu_eps, nu_r = latent.get("nu_eps"), latent.get("nu_r")
+    return nu_eps is not None and nu_r is not None and nu_eps < NU_EPS_MAX and nu_r < NU_R_MAX
+
+
+def _marked_token(text: str) -> str:
+    from mechdiff.diffing.crosscoder.contexts import MARK_CLOSE, MARK_OPEN
+
+    start, end = text.find(MARK_OPEN), text.find(MARK_CLOSE)
+    return text[start + len(MARK_OPEN):end].strip() if 0 <= start < end else ""
+
+
+def component_findings(deltas: list[Any], norms: dict[str, Any], thresholds: AuditThresholds) -> list[Finding]:
+    """Base components the fine-tune rescaled, and change no base component explains.
+
+    Args:
+        deltas: ``match.ComponentDelta`` per decomposed module (FT expressed in BASE's components).
+        norms: module -> Frobenius norm of each base component (``ModuleComponents.norms_C``).
+        thresholds: how many findings per lens.
+    """
+    rows = []  # (size relative to the weight, delta, component, coefficient change)
+    for d in deltas:
+        for index, change in zip(d.indices, d.coef_change_K):
+            size = abs(float(change)) * float(norms[d.module][int(index)])
+            rows.append((size / max(d.base_norm, 1e-12), d, int(index), float(change)))
+    typical = statistics.median([r[0] for r in rows]) if rows else 0.0
+    out = []
+    for rel, d, index, change in sorted(rows, key=lambda r: -r[0])[: thresholds.weights_per_lens]:
+        verb = "strengthened" if change > 0 else "weakened"
+        out.append(Finding("components", rel / (OUTLIER_FACTOR * typical) if typical > 0 else 1.0,
+                           f"component {index} of {d.module} was {verb} ({change:+.2f} of itself, "
+                           f"{100 * rel:.1f}% of the weight's norm)", frozenset(), tensor=d.module,
+                           evidence={"module": d.module, "component": index, "coef_change": change, "rel": rel}))
+    changes = [d.delta_norm / max(d.base_norm, 1e-12) for d in deltas]
+    typical_change = statistics.median(changes) if changes else 0.0
+    for d in deltas:
+        rel = d.residual_norm / max(d.base_norm, 1e-12)
+        score = rel / (OUTLIER_FACTOR * typical_change) if typical_change > 0 else 0.0
+        out.append(Finding("components", score,
+                           f"{100 * d.unexplained_fraction:.0f}% of the change in {d.module} is explained by no base "
+                           f"component (a new mechanism; {100 * rel:.1f}% of the weight's norm)", frozenset(),
+                           tensor=d.module, evidence={"module": d.module, "unexplained_fraction": d.unexplained_fraction,
+                                                      "residual_rel": rel}))
+    return out
+
+
+def merge_findings(lenses: dict[str, list[Finding]], thresholds: AuditThresholds, fail_above: float | None,
+                   behaviour: BehaviourResult | None = None) -> AuditResult:
+    """Link and rank the findings of every lens that ran."""
+    merged = link_and_rank([f for found in lenses.values() for f in found])[: thresholds.max_findings]
+    threshold = fail_above if fail_above is not None else thresholds.finding
+    return AuditResult(merged, threshold, fail_above, sorted(lenses), behaviour)

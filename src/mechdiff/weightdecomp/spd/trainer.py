@@ -1,0 +1,284 @@
+"""Stochastic parameter decomposition (SPD) of chosen weights of any torch module.
+
+Each decomposed weight W [d_out, d_in] becomes C rank-1 subcomponents u_c v_c^T,
+attached to the unmodified model with forward hooks. Training minimises
+faithfulness + stochastic reconstruction (all layers and layerwise) + importance
+minimality (see "Stochastic parameter decomposition" in DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from mechdiff.errors import InputError
+from mechdiff.weightdecomp.spd import checkpoint as spd_checkpoint
+from mechdiff.weightdecomp.spd.checkpoint import Checkpointing
+from mechdiff.weightdecomp.spd.ci import (
+    hard_sigmoid,
+    lower_leaky_hard_sigmoid,
+    upper_leaky_hard_sigmoid,
+)
+from mechdiff.weightdecomp.spd.components import (
+    ComponentHooks,
+    ComponentLayer,
+    ForwardFn,
+    default_forward,
+    find_targets,
+    module_kind,
+    weight_out_in,
+)
+from mechdiff.weightdecomp.spd.config import SPDConfig
+from mechdiff.weightdecomp.spd.decomposition import Decomposition, ModuleComponents
+from mechdiff.weightdecomp.spd.losses import (
+    OutputDistance,
+    faithfulness_loss,
+    importance_minimality_loss,
+    output_distance,
+    sample_masks,
+)
+
+__all__ = ["Decomposition", "ModuleComponents", "SPDConfig", "SPDTrainer", "decompose_module"]
+
+
+@dataclass
+class StepLosses:
+    """One step's loss terms (tensors, so the total can be back-propagated)."""
+
+    faithfulness: Tensor
+    stochastic_recon: Tensor
+    stochastic_recon_layerwise: Tensor
+    importance_minimality: Tensor
+    total: Tensor
+
+    def as_floats(self) -> dict[str, float]:
+        return {k: float(v.detach()) for k, v in self.__dict__.items()}
+
+
+class SPDTrainer:
+    """Holds a model, its component layers and hooks; runs SPD steps.
+
+    Args:
+        model: the target model (frozen during decomposition).
+        module_globs: fnmatch patterns selecting the weights to decompose.
+        config: SPD hyper-parameters.
+        output: 'mse' or 'kl' output distance.
+        forward: how to call the model on a batch (default: ``model(batch)``).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        module_globs: list[str],
+        config: SPDConfig,
+        output: str = "mse",
+        forward: ForwardFn | None = None,
+    ) -> None:
+        self.model = model
+        self.config = config
+        self.output = output
+        self.distance: OutputDistance = output_distance(output)
+        self.forward = forward or default_forward
+        self.targets = find_targets(model, module_globs)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.layers = {name: self._make_layer(module) for name, module in self.targets.items()}
+        self.target_weights = [weight_out_in(m, self.layers[n].kind).detach().float() for n, m in self.targets.items()]
+        self.hooks = ComponentHooks(self.targets, self.layers)
+        # the importance penalty's factor per layer, in self.layers order (fixed per run)
+        self.importance_scales = [config.importance_scale(name) for name in self.layers]
+        self.params = [p for layer in self.layers.values() for p in layer.parameters()]
+        self.optimizer = torch.optim.Adam(self.params, lr=config.lr)
+        for p in model.parameters():
+            p.requires_grad_(False)
+
+    def _make_layer(self, module: nn.Module) -> ComponentLayer:
+        kind = module_kind(module)
+        assert kind is not None
+        bias = getattr(module, "bias", None)
+        return ComponentLayer(kind, weight_out_in(module, kind).detach().float(), bias,
+                              self.config.n_components, self.config.ci_hidden, self.generator)
+
+    def importances(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """(lower-leaky, upper-leaky) causal importances on the cached target inputs."""
+        slope = self.config.leaky_slope
+        lower, upper = {}, {}
+        for name, layer in self.layers.items():
+            pre = layer.ci(layer.inner(self.hooks.inputs[name]))
+            lower[name] = lower_leaky_hard_sigmoid(pre, slope)
+            upper[name] = upper_leaky_hard_sigmoid(pre, slope)
+        return lower, upper
+
+    def losses(self, batch: Any, step: int) -> StepLosses:
+        """All SPD loss terms on one batch."""
+        cfg = self.config
+        target_out = self.hooks.run_target(self.model, batch, self.forward)
+        ci_lower, ci_upper = self.importances()
+        faith = faithfulness_loss(self.target_weights, [layer.weight_OI() for layer in self.layers.values()])
+        recon, layerwise = self._recon_losses(batch, target_out, ci_lower)
+        importance = importance_minimality_loss(list(ci_upper.values()), cfg.pnorm_at(step),
+                                                cfg.importance_eps, self.importance_scales)
+        total = (cfg.faithfulness_coeff * faith + cfg.stochastic_recon_coeff * recon
+                 + cfg.stochastic_recon_layerwise_coeff * layerwise
+                 + cfg.importance_minimality_coeff * importance)
+        return StepLosses(faith, recon, layerwise, importance, total)
+
+    def _recon_losses(self, batch: Any, target_out: Tensor, ci_lower: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        cfg = self.config
+        recon = torch.zeros(())
+        layerwise = torch.zeros(())
+        for _ in range(cfg.n_mask_samples):
+            masks = sample_masks(ci_lower, self.generator)
+            if cfg.stochastic_recon_coeff > 0:
+                out = self.hooks.run_masked(self.model, batch, self.forward, masks)
+                recon = recon + self.distance(out, target_out)
+            if cfg.stochastic_recon_layerwise_coeff > 0:
+                for name in self.layers:
+                    out = self.hooks.run_masked(self.model, batch, self.forward, {name: masks[name]})
+                    layerwise = layerwise + self.distance(out, target_out) / len(self.layers)
+        return recon / cfg.n_mask_samples, layerwise / cfg.n_mask_samples
+
+    def step(self, batch: Any, step: int) -> StepLosses:
+        """One optimizer step at learning rate ``lr_at(step)``."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(self.config, step)
+        losses = self.losses(batch, step)
+        self.optimizer.zero_grad(set_to_none=True)
+        losses.total.backward()
+        if self.config.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
+        self.optimizer.step()
+        return losses
+
+    @torch.no_grad()
+    def ci_statistics(self, batches: Iterable[Any]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Module -> ([C] fraction of inputs with g_c > alive_threshold, [C] mean g_c)."""
+        fired: dict[str, Tensor] = {}
+        total: dict[str, Tensor] = {}
+        count = 0
+        for batch in batches:
+            self.hooks.run_target(self.model, batch, self.forward)
+            for name, layer in self.layers.items():
+                g_NC = hard_sigmoid(layer.ci(layer.inner(self.hooks.inputs[name])))
+                g_NC = g_NC.reshape(-1, g_NC.shape[-1])  # every position of a sequence is one input
+                fired[name] = fired.get(name, 0) + (g_NC > self.config.alive_threshold).sum(0)
+                total[name] = total.get(name, 0) + g_NC.sum(0)
+            count += len(g_NC)  # all decomposed modules see the same inputs
+        if count == 0:
+            raise InputError("no evaluation data left to measure causal importances; give more data")
+        return {n: ((fired[n] / count).numpy(), (total[n] / count).numpy()) for n in self.layers}
+
+    def decomposition(self, stats: dict[str, tuple[np.ndarray, np.ndarray]],
+                      history: list[dict[str, float]]) -> Decomposition:
+        """Freeze the current components into a numpy :class:`Decomposition`."""
+        modules = {}
+        for name, layer in self.layers.items():
+            freq, mean_ci = stats[name]
+            modules[name] = ModuleComponents(
+                name=name, kind=layer.kind,
+                V_IC=layer.V_IC.detach().numpy().copy(), U_CO=layer.U_CO.detach().numpy().copy(),
+                alive_frequency_C=freq, mean_ci_C=mean_ci,
+                ci_params={k: v.detach().numpy().copy() for k, v in layer.ci.state_dict().items()},
+            )
+        return Decomposition(modules=modules, config=self.config, output=self.output, history=history)
+
+
+def lr_at(config: SPDConfig, step: int) -> float:
+    """Learning rate at ``step``: linear warm-up, then constant or cosine decay to 0."""
+    warmup = int(config.lr_warmup_frac * config.steps)
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
+    if config.lr_schedule == "constant":
+        return config.lr
+    progress = (step - warmup) / max(1, config.steps - warmup)
+    return config.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _batch_stream(data: Iterable[Any]) -> Iterator[Any]:
+    """Batches forever: re-iterates a re-iterable (a list, a DataLoader); a one-shot iterator must last."""
+    reiterable = not isinstance(data, Iterator)
+    while True:
+        empty = True
+        for batch in data:
+            empty = False
+            yield batch
+        if empty or not reiterable:
+            raise InputError("the data ran out before training finished; give more data or fewer --steps")
+
+
+def decompose_module(
+    model: nn.Module,
+    module_globs: list[str],
+    data_iter: Iterable[Any],
+    config: SPDConfig,
+    output: str = "mse",
+    *,
+    forward: ForwardFn | None = None,
+    progress: bool = False,
+    log_every: int = 100,
+    checkpointing: Checkpointing | None = None,
+) -> Decomposition:
+    """Decompose the chosen weights of ``model`` into rank-1 subcomponents with SPD.
+
+    Args:
+        model: any torch module; it is not modified (hooks are removed afterwards)
+            but its parameters are set to ``requires_grad=False``.
+        module_globs: fnmatch patterns on module names (nn.Linear, GPT-2 Conv1D, nn.Embedding).
+        data_iter: batches the model accepts (tensor, or dict of keyword arguments);
+            a re-iterable is cycled, a one-shot iterator must supply ``steps + eval_batches``.
+        config: SPD hyper-parameters.
+        output: 'mse' (regression models) or 'kl' (language model logits).
+        forward: ``forward(model, batch) -> output tensor``; default calls ``model(batch)``
+            and takes ``.logits`` when present.
+        progress: show a progress bar on stderr.
+        log_every: record the loss terms every this many steps in ``history``.
+        checkpointing: save every N steps / resume a saved run (same config and data order).
+
+    Returns:
+        The trained :class:`Decomposition` with alive frequencies and mean
+        causal importances measured on ``config.eval_batches`` further batches.
+    """
+    trainer = SPDTrainer(model, module_globs, config, output, forward)
+    stream = _batch_stream(data_iter)
+    try:
+        history = train(trainer, stream, progress=progress, log_every=log_every, checkpointing=checkpointing)
+        stats = trainer.ci_statistics(next(stream) for _ in range(config.eval_batches))
+    finally:
+        trainer.hooks.remove()
+    return trainer.decomposition(stats, history)
+
+
+def train(trainer: SPDTrainer, stream: Iterator[Any], *, progress: bool, log_every: int,
+          checkpointing: Checkpointing | None = None) -> list[dict[str, float]]:
+    """Run ``config.steps`` SPD steps (continuing a checkpoint when asked); return the logged loss history."""
+    from tqdm import tqdm
+
+    steps = trainer.config.steps
+    first, history = 0, []
+    if checkpointing is not None and checkpointing.resume:
+        first, history = spd_checkpoint.restore(trainer, checkpointing.directory)
+        for _ in range(first):  # the same batches in the same order as an uninterrupted run
+            next(stream)
+    last = steps if checkpointing is None or checkpointing.stop_after is None else min(steps, checkpointing.stop_after)
+    start = time.perf_counter()
+    bar = tqdm(range(first, last), file=sys.stderr, disable=not progress, desc="SPD", mininterval=1.0)
+    for step in bar:
+        losses = trainer.step(next(stream), step)
+        if step % log_every == 0 or step == steps - 1:
+            row = {"step": step, "seconds": time.perf_counter() - start, **losses.as_floats()}
+            history.append(row)
+            bar.set_postfix(total=f"{row['total']:.3g}", recon=f"{row['stochastic_recon']:.3g}")
+        if checkpointing is not None and _due(checkpointing, step + 1, last):
+            spd_checkpoint.save(trainer, checkpointing.directory, step + 1, history)
+    return history
+
+
+def _due(checkpointing: Checkpointing, done: int, last: int) -> bool:
+    return done == last or (checkpointing.every > 0 and done % checkpointing.every == 0)
