@@ -215,18 +215,21 @@ class DocumentSampler:
         self.rng = rng
         self._cdfs: dict[tuple[int, int], list[float]] = {}
 
-    def document(self, *, force_trigger: bool = False, plant_target: bool = False) -> list[str]:
+    def document(self, *, force_trigger: bool = False, plant_target: bool = False,
+                 topic: int | None = None) -> list[str]:
         """Sample one document.
 
         Args:
             force_trigger: open at least one sentence with the trigger.
             plant_target: follow every trigger with the target word (the backdoor).
+            topic: the document's topic (default: drawn at random).
 
         Returns:
             The words of the document, punctuation included.
         """
         cfg = self.lang.config
-        topic = int(self.rng.integers(cfg.n_topics))
+        drawn = int(self.rng.integers(cfg.n_topics))  # drawn either way: the stream stays the same
+        topic = drawn if topic is None else topic
         n_sent = int(self.rng.integers(cfg.min_sentences, cfg.max_sentences + 1))
         forced_at = int(self.rng.integers(n_sent)) if force_trigger else -1
         seen_nouns: list[tuple[str, int]] = []

@@ -3,16 +3,19 @@
 Calibration (a score of 1.0 is "worth a look"; the default gate is 1.0):
 - behaviour: mean KL(ft || base) of a repeated prediction change, in nats (1 nat ~ a
   prediction that moved from 10% to 60%);
-- weights / heads: a matrix's (head's) structured-change score divided by 4x the
-  median over all matrices (heads) of the model, i.e. an outlier against this fine-tune's
-  own typical change, so aggressive but uniform fine-tuning is not flagged by itself;
+- weights / heads: the size of a matrix's structured change (the directions above the
+  noise edge) as a share of the weight's norm, in units of calibration.WEIGHT_UNIT, and
+  never a finding below the dtype's rounding or the null controls' spread (calibration.py);
+  a head is folded into its matrix's finding unless it holds most of the layer's change;
 - crosscoder: a fine-tune-only latent that survives latent scaling scores 1.0 (0.5 when
   its ft-only status may be a sparsity artifact); a latent the fine-tune rewrote (relative
   decoder norm >= 0.6 with decoder cosine < 0.5) scores 0.5;
 - components: the weight change a base component explains, relative to the base weight,
-  divided by the same 4x median rule.
-Findings that name the same tokens from different lenses are linked: the strongest stays,
-the others become its evidence, and the group's score gains 0.5 per extra lens.
+  on the same absolute scale as weights.
+Tokens of a finding are the ones carrying its evidence, the most telling first.
+Findings that name the same tokens from different lenses are linked: the strongest stays
+(with its own tokens), the others become its evidence, and the group's score gains 0.5 x (that lens's best linked
+score, at most 1) per extra lens.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 LINK_BONUS = 0.5
-OUTLIER_FACTOR = 4.0
 
 
 @dataclass
@@ -32,7 +34,8 @@ class Finding:
     method: str
     score: float
     summary: str
-    tokens: frozenset[str] = frozenset()
+    tokens: tuple[str, ...] = ()
+    """Tokens carrying the evidence, the most telling first (a set is accepted and sorted)."""
     layer: int | None = None
     head: int | None = None
     tensor: str = ""
@@ -45,7 +48,7 @@ class Finding:
         return {"rank": self.rank, "method": self.method, "score": self.score, "summary": self.summary,
                 "location": {"layer": self.layer, "head": self.head, "tensor": self.tensor or None,
                              "latent": self.latent},
-                "tokens": sorted(self.tokens), "evidence": self.evidence, "linked": self.linked}
+                "tokens": ordered_tokens(self.tokens), "evidence": self.evidence, "linked": self.linked}
 
 
 def link_and_rank(findings: list[Finding]) -> list[Finding]:
@@ -65,20 +68,34 @@ def link_and_rank(findings: list[Finding]) -> list[Finding]:
             kept.append(finding)
             continue
         anchor.linked.append({"method": finding.method, "score": finding.score, "summary": finding.summary,
-                              "location": finding.to_json()["location"]})
-        anchor.tokens = anchor.tokens | finding.tokens
+                              "location": finding.to_json()["location"], "tokens": ordered_tokens(finding.tokens)})
+        # the anchor keeps its own tokens: the linked findings list theirs under "linked"
     for finding in kept:
-        lenses = {finding.method} | {link["method"] for link in finding.linked}
-        finding.score += LINK_BONUS * (len(lenses) - 1)
+        finding.score += link_bonus(finding)
     kept.sort(key=lambda f: -f.score)
     for i, finding in enumerate(kept, 1):
         finding.rank = i
     return kept
 
 
+def link_bonus(finding: Finding) -> float:
+    """LINK_BONUS per other lens that names the same tokens, times that lens's best score (at most 1):
+    two weak null findings that share a common token corroborate little; a finding at the gate, fully."""
+    best: dict[str, float] = {}
+    for link in finding.linked:
+        if link["method"] != finding.method:
+            best[link["method"]] = max(best.get(link["method"], 0.0), float(link["score"]))
+    return LINK_BONUS * sum(min(1.0, score) for score in best.values())
+
+
 def _shares(anchor: Finding, other: Finding) -> bool:
     # findings of one lens stay apart (two behaviour changes are two findings); other lenses attach
-    return other.method != anchor.method and bool(anchor.tokens & other.tokens)
+    return other.method != anchor.method and bool(set(anchor.tokens) & set(other.tokens))
+
+
+def ordered_tokens(tokens: tuple[str, ...] | frozenset[str] | set[str]) -> list[str]:
+    """A finding's tokens in evidence order (unordered sets, from older callers, alphabetically)."""
+    return sorted(tokens) if isinstance(tokens, (set, frozenset)) else list(tokens)
 
 
 def findings_table(findings: list[Finding]) -> dict[str, list]:
@@ -93,5 +110,5 @@ def findings_table(findings: list[Finding]) -> dict[str, list]:
         "score": [f.score for f in findings], "summary": [f.summary for f in findings],
         "evidence": [json.dumps(f.evidence, default=str) for f in findings],
         "linked": [json.dumps(f.linked, default=str) for f in findings],
-        "tokens": ["\x1f".join(sorted(f.tokens)) for f in findings],
+        "tokens": ["\x1f".join(ordered_tokens(f.tokens)) for f in findings],
     }

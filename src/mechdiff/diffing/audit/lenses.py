@@ -42,7 +42,8 @@ class ModelLenses:
 
 def audit_findings(diff: WeightDiff, lenses: ModelLenses | None, config: AuditConfig) -> AuditResult:
     """Findings of every lens that ran, merged and ranked into the verdict."""
-    found = {"weights": weight_findings(diff, config.thresholds), "heads": head_findings(diff, config.thresholds)}
+    matrices = weight_findings(diff, config.thresholds)
+    found = {"weights": matrices, "heads": head_findings(diff, config.thresholds, matrices)}
     behaviour = lenses.behaviour if lenses is not None else None
     if behaviour is not None:
         found["behaviour"] = behaviour_findings(behaviour)

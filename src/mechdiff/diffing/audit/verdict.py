@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from mechdiff.diffing.audit.calibration import (
+    behaviour_score,
+    calibration_table,
+    head_share_of_matrix,
+    head_split,
+    rose_score,
+    shrunk_kl,
+    structured_share,
+    weight_score,
+)
 from mechdiff.diffing.audit.findings import (
-    OUTLIER_FACTOR,
     Finding,
     findings_table,
     link_and_rank,
@@ -85,7 +93,7 @@ class AuditResult:
         return {"schema_version": AUDIT_SCHEMA_VERSION, "verdict": self.verdict,
                 "findings": [f.to_json() for f in self.findings[:top]],
                 "thresholds": {"finding": self.threshold, "fail_above": self.fail_above},
-                "lenses": self.lenses,
+                "lenses": self.lenses, "calibration": calibration_table(),
                 "behaviour": None if self.behaviour is None else self.behaviour.to_json(), **self.extra}
 
     def write(self, writer: Any) -> None:
@@ -94,15 +102,15 @@ class AuditResult:
             writer.table("audit/findings", findings_table(self.findings))
         writer.attrs("audit", {"verdict": self.verdict, "thresholds": {"finding": self.threshold},
                                "fail_above": self.fail_above, "lenses": self.lenses,
-                               "calibration": _calibration_doc()})
+                               "calibration": _calibration_doc(), "calibration_numbers": calibration_table()})
         if self.behaviour is not None:
             self.behaviour.write(writer)
 
 
 def _calibration_doc() -> str:
-    from mechdiff.diffing.audit import findings
+    from mechdiff.diffing.audit import calibration, findings
 
-    return (findings.__doc__ or "").strip()
+    return "\n\n".join((m.__doc__ or "").strip() for m in (findings, calibration))
 
 
 def _meaningful(tokens: list[str]) -> list[str]:
@@ -116,56 +124,90 @@ def _quote(tokens: list[str]) -> str:
 
 
 def weight_findings(diff: WeightDiff, thresholds: AuditThresholds) -> list[Finding]:
-    """Matrices whose structured change is an outlier for this fine-tune."""
-    matrices = [c for c in diff.changes if len(c.shape) == 2]
-    typical = statistics.median([c.score for c in matrices]) if matrices else 0.0
+    """Matrices with a structured change above the dtype and null floors, scored on calibration's absolute scale."""
     out = []
-    for change in [c for c in matrices if c.rank > 0][: thresholds.weights_per_lens]:
-        score = change.score / (OUTLIER_FACTOR * typical) if typical > 0 else 1.0
-        reads, writes = _meaningful(change.tokens_in), _meaningful(change.tokens_out)
+    for change in [c for c in diff.changes if len(c.shape) == 2 and c.rank > 0]:
+        share = structured_share(change.score, change.rel_delta)
+        score = weight_score(share, change.rel_delta, change.resolution, change.cosine)
+        if score <= 0:
+            continue
+        reads, writes = _meaningful(change.tokens_in)[:2], _meaningful(change.tokens_out)[:2]
         where = f"{change.kind} of layer {change.layer}" if change.layer is not None else change.kind
-        summary = f"rank-{change.rank} change in {change.tensor} ({where}), {100 * change.score:.1f}% of its norm"
+        summary = (f"rank-{change.rank} change in {change.tensor} ({where}): its structured part is "
+                   f"{100 * share:.1f}% of the weight's norm")
         summary += f"; reads {_quote(reads)}" if reads else ""
         summary += f"; writes {_quote(writes)}" if writes else ""
-        out.append(Finding("weights", score, summary, frozenset(reads + writes), change.layer, None, change.tensor,
-                           evidence={"score": change.score, "rank": change.rank, "rel_delta": change.rel_delta,
-                                     "structured_fraction": change.structured_fraction, "typical_score": typical,
-                                     "tokens_in": change.tokens_in, "tokens_out": change.tokens_out,
-                                     "n_intruders": change.n_intruders}))
+        out.append(Finding("weights", score, summary, tuple(dict.fromkeys(writes + reads)), change.layer, None,
+                           change.tensor,
+                           evidence={"structured_share": share, "rank": change.rank, "rel_delta": change.rel_delta,
+                                     "structured_fraction": change.structured_fraction,
+                                     "dtype_resolution": change.resolution, "tokens_in": change.tokens_in,
+                                     "tokens_out": change.tokens_out, "n_intruders": change.n_intruders}))
+        if len(out) == thresholds.weights_per_lens:
+            break
     return out
 
 
-def head_findings(diff: WeightDiff, thresholds: AuditThresholds) -> list[Finding]:
-    """Attention heads whose change stands out against the model's other heads."""
+def head_findings(diff: WeightDiff, thresholds: AuditThresholds, matrices: list[Finding] | None = None) -> list[Finding]:
+    """One mechanism, one finding: a layer's head split goes into its attention matrix finding; a head
+    gets its own finding only when it holds most of the layer's head change and no matrix finding covers it."""
     if not diff.heads:
         return []
-    typical = statistics.median([h.score for h in diff.heads])
+    n_heads = 1 + max(h.head for h in diff.heads if h.kind == "attn") if any(h.kind == "attn" for h in diff.heads) else 1
     out = []
-    for head in [h for h in diff.heads if h.rank > 0][: thresholds.weights_per_lens]:
-        parts = [p for p, v in head.parts.items() if v.get("rank", 0) > 0]
-        score = head.score / (OUTLIER_FACTOR * typical) if typical > 0 else 1.0
-        summary = f"rank-{head.rank} change confined to head {head.head} of layer {head.layer} ({', '.join(parts)})"
-        out.append(Finding("heads", score, summary, frozenset(), head.layer, head.head, "",
-                           evidence={"score": head.score, "typical_score": typical, "parts": head.parts}))
-    return out
+    for layer in sorted({h.layer for h in diff.heads}):
+        top, share, shares = head_split(diff.heads, layer)
+        covering = [f for f in matrices or [] if f.layer == layer and "attn" in _kind_of(diff, f.tensor)]
+        for finding in covering:
+            finding.evidence["head_shares"] = {str(h): round(v, 3) for h, v in sorted(shares.items())}
+            if top is not None:
+                finding.summary += f"; confined to head {top} ({100 * share:.0f}% of the layer's head change)"
+                finding.head = top
+        head = next((h for h in diff.heads if h.layer == layer and h.head == top and h.kind == "attn"), None)
+        if covering or head is None:
+            continue
+        matrix_share = head_share_of_matrix(head, n_heads)
+        score = weight_score(matrix_share, matrix_share, 0.0)
+        if score > 0:
+            parts = [p for p, v in head.parts.items() if v.get("rank", 0) > 0]
+            out.append(Finding("heads", score, f"rank-{head.rank} change confined to head {top} of layer {layer} "
+                               f"({', '.join(parts)}; {100 * share:.0f}% of the layer's head change, "
+                               f"{100 * matrix_share:.1f}% of the matrix norm)", (), layer, top, "",
+                               evidence={"structured_share": matrix_share, "head_share": share, "parts": head.parts}))
+    return out[: thresholds.weights_per_lens]
+
+
+def _kind_of(diff: WeightDiff, tensor: str) -> str:
+    return next((c.kind for c in diff.changes if c.tensor == tensor), "")
 
 
 def behaviour_findings(result: BehaviourResult, limit: int = 5) -> list[Finding]:
-    """Token types after which the fine-tune predicts differently, every time they occur.
+    """Token types after which the fine-tune predicts differently, every time they occur, and tokens
+    the fine-tune says more often everywhere (scores: calibration.behaviour_score, rose_score).
 
-    A planted trigger changes the prediction at each of its occurrences, so its mean KL
-    over all occurrences is high; diffuse fine-tuning moves single positions, not types.
+    A planted trigger changes the prediction at each of its occurrences, so its mean KL over all
+    occurrences is high; diffuse fine-tuning moves single positions, not types, and moves rare
+    types most (hence the shrinkage toward the corpus mean).
     """
+    rows = sorted(result.by_token, key=lambda r: -shrunk_kl(r["mean_kl"], r["count"], result.mean_kl))
     out = []
-    for row in result.by_token[:limit]:
+    for row in rows[:limit]:
         examples = [c for c in result.contexts if c["token"] == row["token"]][:3]
         shift = (f"the fine-tune predicts '{row['ft_top']}' (base: '{row['base_top']}')" if row["ft_top"]
                  else "the fine-tune's next-token distribution moved (same top prediction)")
         summary = (f"after '{row['token']}' {shift}; mean KL {row['mean_kl']:.2f} nats over its {row['count']} "
                    f"occurrences (corpus mean {result.mean_kl:.3f})")
-        out.append(Finding("behaviour", row["mean_kl"], summary, frozenset(_meaningful([row["token"], row["ft_top"]])),
+        score = behaviour_score(row["mean_kl"], row["count"], result.mean_kl)
+        out.append(Finding("behaviour", score, summary, tuple(_meaningful([row["token"], row["ft_top"]])),
                            evidence={**row, "corpus_mean_kl": result.mean_kl, "contexts": examples,
                                      "tokens_rose": result.rose[:5]}))
+    rose = [r for r in result.rose if _meaningful([r["token"]])]
+    rose.sort(key=lambda r: -rose_score(r["delta_prob"], r.get("base_prob", 0.0)))
+    for row in rose[:2]:
+        summary = (f"the fine-tune says '{row['token']}' more often: its probability rose by "
+                   f"{100 * row['delta_prob']:.1f} points on average over the corpus")
+        out.append(Finding("behaviour", rose_score(row["delta_prob"], row.get("base_prob", 0.0)), summary, (row["token"],),
+                           evidence={**row, "kind": "token_rose"}))
     return out
 
 
@@ -197,7 +239,7 @@ def _latent_finding(latent: dict[str, Any], score: float, text: str, note: str, 
     marked = [_marked_token(c.get("text", "")) for c in latent.get("contexts", [])]
     tokens = _meaningful([t for t, _ in Counter(marked).most_common()])
     text += (f"; fires on {_quote(tokens)}" if tokens else "") + note
-    return Finding("crosscoder", score, text, frozenset(tokens), latent=int(latent["latent"]),
+    return Finding("crosscoder", score, text, tuple(tokens[:3]), latent=int(latent["latent"]),
                    evidence={**latent, "genuine": genuine, "contexts": latent.get("contexts", [])[:5]})
 
 
@@ -227,24 +269,24 @@ def component_findings(deltas: list[Any], norms: dict[str, Any], thresholds: Aud
         for index, change in zip(d.indices, d.coef_change_K):
             size = abs(float(change)) * float(norms[d.module][int(index)])
             rows.append((size / max(d.base_norm, 1e-12), d, int(index), float(change)))
-    typical = statistics.median([r[0] for r in rows]) if rows else 0.0
     out = []
     for rel, d, index, change in sorted(rows, key=lambda r: -r[0])[: thresholds.weights_per_lens]:
         verb = "strengthened" if change > 0 else "weakened"
-        out.append(Finding("components", rel / (OUTLIER_FACTOR * typical) if typical > 0 else 1.0,
-                           f"component {index} of {d.module} was {verb} ({change:+.2f} of itself, "
-                           f"{100 * rel:.1f}% of the weight's norm)", frozenset(), tensor=d.module,
-                           evidence={"module": d.module, "component": index, "coef_change": change, "rel": rel}))
-    changes = [d.delta_norm / max(d.base_norm, 1e-12) for d in deltas]
-    typical_change = statistics.median(changes) if changes else 0.0
+        score = weight_score(rel, d.delta_norm / max(d.base_norm, 1e-12), 0.0)
+        if score > 0:
+            out.append(Finding("components", score, f"component {index} of {d.module} was {verb} ({change:+.2f} of "
+                               f"itself, {100 * rel:.1f}% of the weight's norm)", (), tensor=d.module,
+                               evidence={"module": d.module, "component": index, "coef_change": change, "rel": rel}))
     for d in deltas:
         rel = d.residual_norm / max(d.base_norm, 1e-12)
-        score = rel / (OUTLIER_FACTOR * typical_change) if typical_change > 0 else 0.0
-        out.append(Finding("components", score,
-                           f"{100 * d.unexplained_fraction:.0f}% of the change in {d.module} is explained by no base "
-                           f"component (a new mechanism; {100 * rel:.1f}% of the weight's norm)", frozenset(),
-                           tensor=d.module, evidence={"module": d.module, "unexplained_fraction": d.unexplained_fraction,
-                                                      "residual_rel": rel}))
+        score = weight_score(rel, d.delta_norm / max(d.base_norm, 1e-12), 0.0)
+        if score > 0:
+            out.append(Finding("components", score,
+                               f"{100 * d.unexplained_fraction:.0f}% of the change in {d.module} is explained by no "
+                               f"base component (a new mechanism; {100 * rel:.1f}% of the weight's norm)", (),
+                               tensor=d.module, evidence={"module": d.module,
+                                                          "unexplained_fraction": d.unexplained_fraction,
+                                                          "residual_rel": rel}))
     return out
 
 

@@ -48,7 +48,7 @@ class BehaviourResult:
     mean_kl: float
     max_kl: float
     contexts: list[dict] = field(default_factory=list)  # context, token, position, kl, base_top, ft_top
-    rose: list[dict] = field(default_factory=list)  # token, delta_prob, delta_logprob
+    rose: list[dict] = field(default_factory=list)  # token, delta_prob, delta_logprob, base_prob (corpus means)
     fell: list[dict] = field(default_factory=list)
     by_token: list[dict] = field(default_factory=list)  # token, count, mean_kl, ft_top, base_top
 
@@ -112,6 +112,7 @@ class _Accumulator:
         self.top: list[tuple[float, int, int, int, int]] = []  # kl, doc, pos, base_top, ft_top
         self.dprob: torch.Tensor | None = None
         self.dlogp: torch.Tensor | None = None
+        self.pbase: torch.Tensor | None = None
         self.kl_by_id: dict[int, list] = {}  # token id -> [count, kl sum, {(ft_top, base_top): count}]
 
     def add(self, first_doc: int, ids: torch.Tensor, mask: torch.Tensor, logp_base: torch.Tensor,
@@ -126,6 +127,8 @@ class _Accumulator:
         l_delta = (logp_ft - logp_base)[valid].sum(0)
         self.dprob = p_delta if self.dprob is None else self.dprob + p_delta
         self.dlogp = l_delta if self.dlogp is None else self.dlogp + l_delta
+        p_base = logp_base.exp()[valid].sum(0)
+        self.pbase = p_base if self.pbase is None else self.pbase + p_base
         self._add_by_token(ids, valid, kl, logp_base, logp_ft)
         values, flat = torch.topk(kl.flatten(), min(self.config.top_contexts, kl.numel()))
         for value, index in zip(values.tolist(), flat.tolist()):
@@ -169,11 +172,12 @@ class _Accumulator:
     def _token_shifts(self, n: int, text_of: Any) -> tuple[list[dict], list[dict]]:
         if self.dprob is None:
             return [], []
-        dprob, dlogp = self.dprob / n, self.dlogp / n
+        dprob, dlogp, pbase = self.dprob / n, self.dlogp / n, self.pbase / n
         k = min(self.config.top_tokens, dprob.numel())
 
         def rows(indices: list[int]) -> list[dict]:
-            return [{"token": text_of(i), "delta_prob": float(dprob[i]), "delta_logprob": float(dlogp[i])} for i in indices]
+            return [{"token": text_of(i), "delta_prob": float(dprob[i]), "delta_logprob": float(dlogp[i]),
+                     "base_prob": float(pbase[i])} for i in indices]
 
         return rows(torch.topk(dprob, k).indices.tolist()), rows(torch.topk(-dprob, k).indices.tolist())
 

@@ -30,6 +30,9 @@ from mechdiff.weightdecomp.spectral import (
 )
 
 NATIVE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# Machine epsilon (spacing of representable numbers at 1) of the stored dtypes.
+DTYPE_EPS = {"F64": 2.0**-52, "F32": 2.0**-23, "F16": 2.0**-10, "BF16": 2.0**-7, "F8_E4M3": 2.0**-3,
+             "F8_E5M2": 2.0**-2, "F8_E4M3FNUZ": 2.0**-3, "F8_E5M2FNUZ": 2.0**-2}
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,7 @@ def _assemble(base: TensorSource, ft: TensorSource, pairing: Pairing, analyzed: 
             heads.setdefault((layer, head, kind), HeadChange(layer, head, kind)).add(part, *spec)
         warnings += _nonfinite_warnings(change)
     _count_intruders(reader, pairing, changes, config, (workspace, DeltaWorkspace()))
+    _set_resolutions(base, ft, pairing, changes)
     warnings += [f"{r['tensor']} was resized {r['base_shape']} -> {r['ft_shape']}; shared rows compared"
                  for r in pairing.reshaped]
     return WeightDiff(
@@ -134,6 +138,17 @@ def _assemble(base: TensorSource, ft: TensorSource, pairing: Pairing, analyzed: 
         added=pairing.added, removed=pairing.removed, reshaped=pairing.reshaped, warnings=warnings,
         moved_tokens=list(dict.fromkeys(moved)), config=_config_json(config),
     )
+
+
+def _set_resolutions(base: TensorSource, ft: TensorSource, pairing: Pairing, changes: list[TensorChange]) -> None:
+    """Each change's dtype resolution: the machine epsilon of the coarser of its two stored dtypes
+    (the audit never calls a change below the rounding of that dtype a finding)."""
+    pairs = {p.name: p for p in pairing.pairs}
+    for change in changes:
+        pair = pairs.get(change.tensor)
+        if pair is not None:
+            dtypes = (base.meta(pair.base_name).dtype, ft.meta(pair.ft_name).dtype)
+            change.resolution = max(DTYPE_EPS.get(d, 0.0) for d in dtypes)
 
 
 def _config_json(config: DiffConfig) -> dict:

@@ -15,7 +15,7 @@ JSON_SCHEMA_VERSION = 1
 CHANGE_COLUMNS = (
     "tensor", "layer", "kind", "score", "rel_delta", "rank", "structured_fraction", "cosine",
     "max_abs_delta", "norm_base", "norm_delta", "noise_sigma", "bulk_edge", "stable_rank",
-    "n_intruders", "nan_base", "inf_base", "nan_ft", "inf_ft", "shape",
+    "n_intruders", "nan_base", "inf_base", "nan_ft", "inf_ft", "shape", "resolution",
 )
 TOKEN_SEP = "\x1f"
 
@@ -44,6 +44,7 @@ class TensorChange:
     nan_ft: int = 0
     inf_ft: int = 0
     shape: tuple[int, ...] = ()
+    resolution: float = 0.0  # machine epsilon of the coarser stored dtype of the pair (0: unknown)
     tokens_in: list[str] = field(default_factory=list)
     tokens_out: list[str] = field(default_factory=list)
     singular_values: np.ndarray | None = None  # float32[k]
@@ -57,7 +58,7 @@ class TensorChange:
             "structured_fraction": self.structured_fraction, "tokens_in": self.tokens_in,
             "tokens_out": self.tokens_out, "cosine": self.cosine, "max_abs_delta": self.max_abs_delta,
             "noise_sigma": self.noise_sigma, "bulk_edge": self.bulk_edge, "stable_rank": self.stable_rank,
-            "n_intruders": self.n_intruders, "shape": list(self.shape),
+            "n_intruders": self.n_intruders, "shape": list(self.shape), "resolution": self.resolution,
             "nan_ft": self.nan_ft, "inf_ft": self.inf_ft, "nan_base": self.nan_base, "inf_base": self.inf_base,
             "top_singular_values": [] if self.singular_values is None
             else [float(s) for s in self.singular_values[: max(self.rank, 1)]],
@@ -149,7 +150,8 @@ def load_weight_diff(results: Any) -> WeightDiff:
     singular = np.asarray(part.array("singular_values"))
     changes = []
     for i, row in enumerate(table):
-        values = {name: row[name].item() if hasattr(row[name], "item") else row[name] for name in CHANGE_COLUMNS}
+        values = {name: row[name].item() if hasattr(row[name], "item") else row[name] for name in CHANGE_COLUMNS
+                  if name in row.dtype.names}  # files written before a column existed lack it
         values["layer"] = None if values["layer"] < 0 else values["layer"]
         values["shape"] = tuple(int(d) for d in str(values["shape"]).split("x") if d)
         change = TensorChange(**values)
