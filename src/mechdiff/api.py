@@ -152,6 +152,53 @@ def audit_checkpoints(
     return result
 
 
+def bench_organisms(
+    *,
+    suite: str = "quick",
+    seeds: tuple[int, ...] = (0,),
+    cache: str | os.PathLike = ".mechdiff-organisms",
+    organisms: str | os.PathLike | None = None,
+    gate: float = 1.0,
+    crosscoder: bool = False,
+    out: str | os.PathLike | None = None,
+    report: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> dict:
+    """Audit every pair of an organism suite (built and cached locally) or of local manifests, and score it.
+
+    Args:
+        suite: "quick" or "full" (ignored with ``organisms``).
+        seeds: seeds to build the suite for.
+        cache: folder the suite's models are built into and reused from.
+        organisms: a manifest file or folder of manifests (organism.json / YAML) to audit instead.
+        gate: the audit score above which a pair counts as flagged.
+        crosscoder: also run the crosscoder lens.
+        out: results file (HDF5, part /bench) to write atomically.
+        report: HTML report to write.
+        progress: one line per pair on stderr.
+
+    Returns:
+        ``BenchResult.to_json()``: per-pair rows and the summary.
+    """
+    from mechdiff.organisms.bench import BenchConfig, run_bench
+    from mechdiff.organisms.manifest import load_manifests
+
+    out_path = check_output_path(out, []) if out is not None else None
+    report_path = check_output_path(report, []) if report is not None else None
+    manifests = load_manifests(organisms) if organisms is not None else None
+    config = BenchConfig(suite=suite, seeds=tuple(seeds), cache=Path(cache), gate=gate, crosscoder=crosscoder)
+    result = run_bench(config, manifests, progress=progress)
+    if out_path is not None or report_path is not None:
+        out_path = out_path or Path(str(report_path) + ".h5")
+        with results_writer(out_path, inputs={"suite": str(organisms or suite)}) as writer:
+            result.write(writer)
+        if report_path is not None:
+            from mechdiff.report.html import render_report
+
+            render_report(out_path, report_path)
+    return result.to_json()
+
+
 def decompose_model(
     model: str | os.PathLike | None,
     *,

@@ -269,6 +269,35 @@ def report(results: str, out: str) -> None:
 
 
 @main.command()
+@click.option("--suite", type=click.Choice(["quick", "full"]), default="quick", show_default=True,
+              help="quick: 4 organisms + 3 null controls (CI); full: 6 objective types x full/LoRA x 2 shapes + nulls.")
+@click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds (e.g. 0,1,2 for the spread).")
+@click.option("--cache", type=click.Path(), default=".mechdiff-organisms", show_default=True,
+              help="Folder the organisms are built into and reused from.")
+@click.option("--organisms", type=click.Path(), help="Manifest file or folder of local organisms to audit instead.")
+@click.option("--gate", type=float, default=1.0, show_default=True, help="Score above which a pair is flagged.")
+@click.option("--crosscoder", is_flag=True, help="Also run the crosscoder lens (minutes per pair on a CPU).")
+@click.option("-o", "--out", type=click.Path(), help="Results file (HDF5) to write.")
+@click.option("--report", type=click.Path(), help="HTML report to write.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@click.option("--no-progress", is_flag=True, help="Hide progress lines.")
+@handle_errors
+def bench(suite: str, seeds: str, cache: str, organisms: str | None, gate: float, crosscoder: bool, out: str | None,
+          report: str | None, as_json: bool, no_progress: bool) -> None:
+    """Audit model organisms with known objectives and null controls: detection, relevance, false positives."""
+    from mechdiff.api import bench_organisms
+    from mechdiff.organisms.render import render_bench
+
+    try:
+        seed_list = tuple(int(s) for s in seeds.split(",") if s.strip())
+    except ValueError:
+        raise click.UsageError(f"--seeds must be comma-separated integers, got {seeds!r}") from None
+    document = bench_organisms(suite=suite, seeds=seed_list or (0,), cache=cache, organisms=organisms, gate=gate,
+                               crosscoder=crosscoder, out=out, report=report, progress=not no_progress)
+    emit_json(document) if as_json else click.echo(render_bench(document))
+
+
+@main.command()
 @click.option("-o", "--out", type=click.Path(), default="demo-out", show_default=True, help="Folder for everything.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @handle_errors

@@ -66,6 +66,7 @@ def run_bench(config: BenchConfig, manifests: list[dict[str, Any]] | None = None
     """
     from mechdiff.organisms.suite import build_suite
 
+    source = "manifests" if manifests is not None else config.suite
     if manifests is None:
         manifests = build_suite(config.suite, config.cache, list(config.seeds), progress=progress)
     rows = []
@@ -78,7 +79,7 @@ def run_bench(config: BenchConfig, manifests: list[dict[str, Any]] | None = None
             row = rows[-1]
             print(f"{row['arch']}/{row['name']} seed {row['seed']}: top {row['top_score']:.2f} "
                   f"({row['top_method']}) {'flagged' if row['flagged'] else 'pass'}", file=sys.stderr)
-    doc = {"suite": config.suite if manifests is None else "manifests", "seeds": list(config.seeds),
+    doc = {"suite": source, "seeds": list(config.seeds),
            "gate": config.gate, "crosscoder": config.crosscoder}
     return BenchResult(rows, summarize(rows, config.gate), doc)
 

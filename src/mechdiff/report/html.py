@@ -98,10 +98,11 @@ def _audit_sections(audit: Any, findings: np.ndarray | None) -> list[Section]:
     if audit is None:
         return []
     from mechdiff.report.html_audit import behaviour_section, findings_section
+    from mechdiff.report.html_calibration import calibration_section
 
     sections = [findings_section(findings, audit.attrs)] if findings is not None and len(findings) else []
-    behaviour = behaviour_section(audit)
-    return sections + ([behaviour] if behaviour else [])
+    extra = [behaviour_section(audit), calibration_section(audit.attrs)]
+    return sections + [s for s in extra if s is not None]
 
 
 def _weights_sections(diff: Any) -> list[Section]:

@@ -26,7 +26,9 @@ def test_linking_merges_lenses_that_name_the_same_tokens():
     ranked = link_and_rank(found)
     assert [f.method for f in ranked] == ["behaviour", "weights", "heads"]
     top = ranked[0]
-    assert top.score == pytest.approx(3.5) and [link["method"] for link in top.linked] == ["weights"]
+    # 3.0 + 0.5 x the linked weights finding's score (0.4): a weak corroboration adds little
+    assert top.score == pytest.approx(3.2) and [link["method"] for link in top.linked] == ["weights"]
+    assert top.tokens == frozenset({"zq", "banana"})  # the anchor keeps its own tokens
     assert [f.rank for f in ranked] == [1, 2, 3]
 
 
