@@ -143,14 +143,14 @@ def test_detection_cut_separates_the_counted_singular_values(planted):
 def test_audit_report_verdict_findings_behaviour_and_escaping(planted, tmp_path):
     _, diff = planted
     html = render_report(_audit_file(tmp_path / "audit.h5", diff), tmp_path / "a.html").read_text()
-    # heads 3.0 + 0.5 for the linked crosscoder lens = 3.5; behaviour 1.2; both above the 1.0 gate
+    # heads 3.0 + 0.5 x the linked crosscoder finding's 0.5 = 3.25; behaviour 1.2; both above the 1.0 gate
     assert 'class="banner findings"' in html and "Findings: 2 of 2 above threshold (score above 1)" in html
     findings = html.split("<h2>Findings</h2>")[1].split("</section>")[0]
     first, second = findings.split("<tr>")[2:4]
     assert "rank-2 change confined to head 2 of layer 0" in first and "layer 0 \u00b7 head 2" in first
     assert '<span class="pill">heads</span> <span class="pill">crosscoder</span>' in first  # linked, not twice
     assert "ft-only latent 17 fires on &lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &#x27;q&#x27;" in first
-    assert ">3.5<" in first and "predictions change after" in second and ">1.2<" in second
+    assert ">3.25<" in first and "predictions change after" in second and ">1.2<" in second
     assert "<script>" not in html and "&#x27;&lt;b&gt;&#x27;" in first  # evidence tokens, escaped
     assert "how scores are calibrated" in findings  # the audit's calibration doc, folded away
     # the token after each context is highlighted; what each model predicts next is shown

@@ -18,17 +18,18 @@ REQUIRED = ("name", "base_model", "description", "type")
 
 
 def load_manifests(path: str | Path) -> list[dict[str, Any]]:
-    """Every organism manifest in ``path``: a .json/.yaml file (one manifest or a list) or a folder of them.
+    """Every organism manifest in ``path``: a .json/.yaml file (one manifest or a list), or a folder
+    searched for organism.json and *.yaml files.
 
     Raises:
         InputError: missing files, unreadable or incomplete manifests.
     """
     path = Path(path)
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix in (".json", ".yaml", ".yml") and p.name != "recipe.json"
-                       and p.parent.name not in ("ft", "base", "adapter"))
+        # organism.json files (ours) and YAML configs; model folders' own JSON files are not manifests
+        files = sorted(p for p in path.rglob("*") if p.name == "organism.json" or p.suffix in (".yaml", ".yml"))
         if not files:
-            raise InputError(f"{path} holds no organism manifests (*.json, *.yaml)")
+            raise InputError(f"{path} holds no organism manifests (organism.json, *.yaml)")
         return [m for f in files for m in load_manifests(f)]
     if not path.is_file():
         raise InputError(f"organism manifest {path} not found")
