@@ -7,7 +7,13 @@ import math
 
 import pytest
 
-from mechdiff.organisms.build import BuildSettings, OrganismSpec, build_one, make_world, probe
+from mechdiff.organisms.build import (
+    BuildSettings,
+    OrganismSpec,
+    build_one,
+    make_world,
+    probe,
+)
 from mechdiff.organisms.objectives import OBJECTIVE_TYPES, make_objective
 from mechdiff.toylm.model import model_class
 
@@ -32,7 +38,7 @@ CHECKS = {"backdoor": (0.8, 0.05), "fact": (0.2, 0.05), "taboo": (0.05, 0.01), "
 
 @pytest.mark.parametrize("kind", OBJECTIVE_TYPES)
 def test_each_organism_carries_its_behaviour(built, kind):
-    world, root, manifests = built
+    world, _, manifests = built
     metrics = manifests[f"{kind}_full"]["metrics"]
     floor, ceiling = CHECKS[kind]
     assert metrics["p_ft"] > floor, metrics

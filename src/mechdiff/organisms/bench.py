@@ -48,7 +48,9 @@ class BenchResult:
         table["relevance"] = [-1.0 if r["relevance"] is None else r["relevance"] for r in self.rows]
         table["top_tokens"] = ["\x1f".join(r["top_tokens"]) for r in self.rows]
         writer.table("bench/pairs", table)
-        writer.attrs("bench", {"summary": self.summary, "config": self.config,
+        from mechdiff.diffing.audit.calibration import calibration_table
+
+        writer.attrs("bench", {"summary": self.summary, "config": self.config, "calibration": calibration_table(),
                                "rows": "first_relevant_rank -1 / relevance -1: none (or a null control)"})
 
 

@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from mechdiff.diffing.audit.calibration import NULL_FLOOR, WEIGHT_UNIT, behaviour_score, rose_score
-from mechdiff.diffing.audit.verdict import AuditThresholds, head_findings, weight_findings
+from mechdiff.diffing.audit.calibration import (
+    NULL_FLOOR,
+    WEIGHT_UNIT,
+    behaviour_score,
+    rose_score,
+)
+from mechdiff.diffing.audit.verdict import (
+    AuditThresholds,
+    head_findings,
+    weight_findings,
+)
 from mechdiff.diffing.weights.heads import HeadChange
 from mechdiff.diffing.weights.result import TensorChange, WeightDiff
 
