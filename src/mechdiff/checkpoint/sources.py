@@ -233,11 +233,12 @@ def read_tensor(source: TensorSource, name: str, buffer: bytearray | None, rows:
 
 
 def open_source(path: str | os.PathLike) -> TensorSource:
-    """Open a checkpoint: a Hugging Face folder, a single file, or a shard index.
+    """Open a checkpoint: a Hugging Face folder, a single file, a shard index, or a cached model id.
 
     Args:
         path: folder with config.json and model.safetensors / a sharded index /
-            pytorch_model.bin, or a single .safetensors/.bin/.pt file.
+            pytorch_model.bin, a single .safetensors/.bin/.pt file, or ``org/name[@revision]``
+            found in the local Hugging Face cache (offline).
 
     Returns:
         A TensorSource over the checkpoint's tensors.
@@ -245,7 +246,9 @@ def open_source(path: str | os.PathLike) -> TensorSource:
     Raises:
         InputError: the path is missing, unreadable, or holds no known checkpoint.
     """
-    p = Path(path).expanduser()
+    from mechdiff.checkpoint.hub_cache import resolve_model
+
+    p = resolve_model(path)
     if not p.exists():
         raise InputError(f"{path} does not exist")
     if p.is_dir():

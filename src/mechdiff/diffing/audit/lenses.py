@@ -55,7 +55,12 @@ def audit_findings(diff: WeightDiff, lenses: ModelLenses | None, config: AuditCo
 
 
 def runnable(path: str | os.PathLike | None) -> bool:
-    return path is not None and Path(path).is_dir() and (Path(path) / "config.json").is_file()
+    from mechdiff.checkpoint.hub_cache import resolve_model
+
+    if path is None:
+        return False
+    folder = resolve_model(path)  # a cached model id runs like its snapshot folder
+    return folder.is_dir() and (folder / "config.json").is_file()
 
 
 def run_model_lenses(base: str | os.PathLike, ft: str | os.PathLike, data: str | os.PathLike,
@@ -67,6 +72,7 @@ def run_model_lenses(base: str | os.PathLike, ft: str | os.PathLike, data: str |
     from mechdiff.diffing.activations.collect import read_texts
     from mechdiff.diffing.behaviour.kl import BehaviourConfig, behaviour_diff
     from mechdiff.diffing.crosscoder.pipeline import crosscoder_on_models
+    from mechdiff.checkpoint.hub_cache import resolve_model
     from mechdiff.models import load_model_pair
 
     texts = read_texts(data)
@@ -74,7 +80,7 @@ def run_model_lenses(base: str | os.PathLike, ft: str | os.PathLike, data: str |
     base_model, ft_model, base_tok, ft_tok = load_model_pair(base, ft, device)
     behaviour = crosscoder = None
     if config.crosscoder:
-        model_config = read_config(Path(base)) or {}
+        model_config = read_config(resolve_model(base)) or {}
         layer = config.crosscoder_layer if config.crosscoder_layer is not None else _middle_layer(model_config)
         cc_config = audit_crosscoder_config(hidden_size(model_config), approx_tokens(texts),
                                             config.crosscoder_options)
