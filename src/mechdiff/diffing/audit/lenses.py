@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from mechdiff.checkpoint.sources import read_config
@@ -69,10 +68,10 @@ def run_model_lenses(base: str | os.PathLike, ft: str | os.PathLike, data: str |
 
     The crosscoder comes first: every rank takes part in it; the other two are rank 0's.
     """
+    from mechdiff.checkpoint.hub_cache import resolve_model
     from mechdiff.diffing.activations.collect import read_texts
     from mechdiff.diffing.behaviour.kl import BehaviourConfig, behaviour_diff
     from mechdiff.diffing.crosscoder.pipeline import crosscoder_on_models
-    from mechdiff.checkpoint.hub_cache import resolve_model
     from mechdiff.models import load_model_pair
 
     texts = read_texts(data)
