@@ -188,3 +188,33 @@ def test_fused_expert_pairs_read_one_expert_each(tmp_path):
     assert [(p.expert, p.base_shape) for p in slices] == [(e, tuple(state[arch.expert].shape[1:])) for e in range(4)]
     router = next(p for p in pairing.pairs if p.base_name == "model.layers.0.mlp.router.weight")
     assert router.info.kind == "router" and router.expert is None
+
+
+def test_router_change_reads_out_which_tokens_move(tmp_path):
+    """Layer 1's router is edited to send tokens 10-19 to expert 3: the routing readout says so."""
+    arch = ARCHS[IDS.index("mixtral-14")]
+    state = _build(arch, tmp_path / "base")
+    router, embed = "model.layers.1.block_sparse_moe.gate.weight", state["model.embed_tokens.weight"]
+    # a token class: tokens 10-19 share one embedding direction (as a topic's tokens do)
+    direction = torch.randn(embed.shape[1], generator=torch.Generator().manual_seed(6))
+    direction /= direction.norm()
+    embed[10:20] += 2.0 * embed.norm(dim=1).mean() * direction
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "base" / "model.safetensors"))
+    ft = dict(state)
+    ft[router] = state[router].clone()
+    ft[router][3] += 4.0 * direction * state[router][3].norm()
+    (tmp_path / "ft").mkdir()
+    (tmp_path / "ft" / "config.json").write_text((tmp_path / "base" / "config.json").read_text())
+    save_file({k: v.contiguous() for k, v in ft.items()}, str(tmp_path / "ft" / "model.safetensors"))
+    result = _diff(tmp_path / "base", tmp_path / "ft")
+    assert result.changes[0].tensor == router and result.changes[0].kind == "router"
+    (routing,) = result.routing
+    before = (embed @ state[router].T).topk(2, dim=1).indices
+    newly_sent = [t for t in range(10, 20) if 3 not in before[t]]
+    top = routing["experts"][0]
+    assert top["expert"] == 3 and top["gained"] >= len(newly_sent) > 0
+    assert set(top["tokens_gained"]) <= {f"#{t}" for t in newly_sent}  # listed by how far they moved
+    # only expert 3's row changed: every token it gained left another expert, every token it lost went to one
+    others = routing["experts"][1:]
+    assert sum(e["lost"] for e in others) == top["gained"] and sum(e["gained"] for e in others) == top["lost"]
+    assert routing["tokens_rerouted"] == top["gained"] + top["lost"]
