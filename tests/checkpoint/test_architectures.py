@@ -218,3 +218,33 @@ def test_router_change_reads_out_which_tokens_move(tmp_path):
     others = routing["experts"][1:]
     assert sum(e["lost"] for e in others) == top["gained"] and sum(e["gained"] for e in others) == top["lost"]
     assert routing["tokens_rerouted"] == top["gained"] + top["lost"]
+
+
+def test_experts_and_routing_survive_the_results_file(tmp_path):
+    """`diff -o` then `show --json`: the expert column, the experts table and the routing readout
+    come back from the HDF5 file; the terminal summary lists experts and the rerouted tokens."""
+    from click.testing import CliRunner
+
+    from mechdiff.cli import main
+
+    arch = ARCHS[IDS.index("mixtral-14")]
+    state = _build(arch, tmp_path / "base")
+    ft_state, _ = _plant(arch, state)
+    ft_state["model.layers.0.block_sparse_moe.gate.weight"] = 3.0 * state["model.layers.0.block_sparse_moe.gate.weight"].flip(0)
+    (tmp_path / "ft").mkdir()
+    (tmp_path / "ft" / "config.json").write_text((tmp_path / "base" / "config.json").read_text())
+    save_file({k: v.contiguous() for k, v in ft_state.items()}, str(tmp_path / "ft" / "model.safetensors"))
+    out = tmp_path / "out.h5"
+    ran = CliRunner().invoke(main, ["diff", str(tmp_path / "base"), str(tmp_path / "ft"), "-o", str(out), "--json",
+                                    "--no-progress"])
+    assert ran.exit_code == 0, ran.output
+    direct = json.loads(ran.stdout)
+    shown = CliRunner().invoke(main, ["show", str(out), "--json"])
+    stored = json.loads(shown.stdout)["weights"]
+    assert [(e["layer"], e["expert"]) for e in stored["experts"]] == [(e["layer"], e["expert"]) for e in direct["experts"]]
+    assert (stored["experts"][0]["layer"], stored["experts"][0]["expert"]) == (0, 2)
+    expert_rows = {c["tensor"]: c["expert"] for c in stored["changes"] if c["expert"] is not None}
+    assert expert_rows["model.layers.0.block_sparse_moe.experts.2.w2.weight"] == 2 and len(expert_rows) == 2 * 4 * 3
+    assert stored["routing"] == direct["routing"] and stored["routing"][0]["tokens_rerouted"] > 0
+    text = CliRunner().invoke(main, ["show", str(out)]).stdout
+    assert "Top experts" in text and "Router model.layers.0.block_sparse_moe.gate.weight" in text
