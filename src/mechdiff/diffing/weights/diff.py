@@ -392,20 +392,24 @@ def _nonfinite_warnings(change: TensorChange) -> list[str]:
 
 
 def _readout_matrices(base: TensorSource, pairing: Pairing) -> ReadoutMatrices:
-    """Load the base model's embedding, unembedding and final norm once, for token readouts."""
+    """Load the base model's embedding, unembedding and final norm once, for token readouts
+    (in their stored dtype: the products upcast row blocks, see readout.rows_times)."""
     layout = pairing.layout
     by_canonical = {p.info.canonical: p for p in pairing.pairs}
     kinds = {p.info.kind: p for p in pairing.pairs}
     embed_pair = by_canonical.get(layout.embed or "") or kinds.get("embed")
     unembed_pair = by_canonical.get(layout.unembed or "") or kinds.get("unembed") or embed_pair
-    embed = base.get(embed_pair.base_name).float() if embed_pair else None
-    unembed = None
+    embed = _float_table(base.get(embed_pair.base_name)) if embed_pair else None
+    unembed = gain = None
     if unembed_pair is not None:
-        unembed = embed if unembed_pair is embed_pair else base.get(unembed_pair.base_name).float()
+        unembed = embed if unembed_pair is embed_pair else _float_table(base.get(unembed_pair.base_name))
         norm_pair = by_canonical.get(layout.final_norm or "")
         if norm_pair is not None and unembed is not None:
             gain = base.get(norm_pair.base_name).float() + layout.norm_offset
-            if gain.shape == unembed.shape[1:]:
-                # logits of direction x are W_U (g * x); in place unless tied to the embedding
-                unembed = unembed * gain if unembed is embed else unembed.mul_(gain)
-    return ReadoutMatrices(embed, unembed, Vocabulary.from_folder(base.folder))
+            gain = gain if gain.shape == unembed.shape[1:] else None
+    return ReadoutMatrices(embed, unembed, Vocabulary.from_folder(base.folder), unembed_gain=gain)
+
+
+def _float_table(t: torch.Tensor) -> torch.Tensor:
+    """A [vocab, d] table kept in a float dtype torch can multiply (upcast only if it is not one)."""
+    return t if t.dtype in NATIVE_DTYPES else t.float()

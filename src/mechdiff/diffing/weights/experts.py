@@ -61,7 +61,7 @@ def routing_change(embed: torch.Tensor, base: torch.Tensor, delta: torch.Tensor,
     """Which experts each token is now sent to, read through the embedding (no data).
 
     Args:
-        embed: the base embedding [vocab, d] (float32).
+        embed: the base embedding [vocab, d] (any float dtype: upcast a block of rows at a time).
         base: the base router [experts, d]; delta: its change, same shape.
         top_k: experts per token.
         vocab: token strings.
@@ -77,9 +77,10 @@ def routing_change(embed: torch.Tensor, base: torch.Tensor, delta: torch.Tensor,
     gained = torch.zeros(embed.shape[0], n_experts, dtype=torch.bool)
     lost = torch.zeros_like(gained)
     shift = torch.empty(embed.shape[0], n_experts)
+    base, delta = base.float(), delta.float()
     for start in range(0, embed.shape[0], ROUTE_BLOCK_ROWS):
-        rows = embed[start:start + ROUTE_BLOCK_ROWS]
-        before, change = rows @ base.float().T, rows @ delta.float().T
+        rows = embed[start:start + ROUTE_BLOCK_ROWS].float()
+        before, change = rows @ base.T, rows @ delta.T
         was, now = _top_mask(before, top_k), _top_mask(before + change, top_k)
         gained[start:start + len(rows)], lost[start:start + len(rows)] = now & ~was, was & ~now
         shift[start:start + len(rows)] = change
