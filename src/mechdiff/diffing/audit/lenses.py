@@ -157,3 +157,23 @@ def audit_crosscoder_config(d_model: int, corpus_tokens: int, overrides: dict | 
     return CrosscoderConfig.from_dict({**CrosscoderConfig().to_dict(), **values, **(overrides or {})})
 
 
+def run_adapter_lenses(base: str | os.PathLike, adapter: str | os.PathLike, data: str | os.PathLike,
+                       config: AuditConfig, ctx: DistContext) -> ModelLenses | None:
+    """The behaviour lens on BASE + a LoRA adapter as one model, the adapter toggled (no second copy).
+
+    The crosscoder and components lenses hook the same submodules of both models at once,
+    which one shared model cannot serve; they do not run for an adapter.
+    """
+    from mechdiff.adapter_toggle import AdapterToggle
+    from mechdiff.checkpoint import LoraSource, open_source
+    from mechdiff.diffing.activations.collect import read_texts
+    from mechdiff.diffing.behaviour.kl import BehaviourConfig, behaviour_diff
+    from mechdiff.models import load_causal_lm
+
+    if not ctx.is_main or config.behaviour is None:
+        return None
+    model, tokenizer = load_causal_lm(base, rank_device((config.behaviour or BehaviourConfig()).device, ctx))
+    toggle = AdapterToggle(model, LoraSource(open_source(base), adapter))
+    base_view, ft_view = toggle.views()
+    return ModelLenses(behaviour=behaviour_diff(base_view, ft_view, (tokenizer, tokenizer), read_texts(data),
+                                                config.behaviour))
