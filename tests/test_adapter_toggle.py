@@ -44,3 +44,24 @@ def test_toggled_adapter_matches_base_and_merged_model(arch, tmp_path):
     toggle.remove()
     with torch.no_grad():
         torch.testing.assert_close(model(input_ids=ids).logits, base_logits, atol=0, rtol=0)
+
+
+def test_audit_behaviour_lens_runs_on_the_toggled_adapter(tmp_path):
+    """BASE + adapter as one toggled model gives the behaviour lens the same KL as the merged FT folder."""
+    from mechdiff.diffing.audit.lenses import run_adapter_lenses
+    from mechdiff.diffing.audit.verdict import AuditConfig
+    from mechdiff.diffing.behaviour.kl import behaviour_diff
+    from mechdiff.distributed import SINGLE
+    from mechdiff.models import load_model_pair
+    from mechdiff.toylm import ToySteps, build_pair
+
+    pair = build_pair(tmp_path, variant="lora", steps=ToySteps(base_steps=12, ft_steps=6, batch_size=8, warmup=2,
+                                                               n_train_docs=64), corpus_docs=8, corpus_trigger_docs=4)
+    config = AuditConfig(crosscoder=False)
+    lenses = run_adapter_lenses(pair.base_dir, pair.adapter_dir, pair.corpus_path, config, SINGLE)
+    base, ft, base_tok, ft_tok = load_model_pair(pair.base_dir, pair.ft_dir)
+    from mechdiff.diffing.activations.collect import read_texts
+
+    merged = behaviour_diff(base, ft, (base_tok, ft_tok), read_texts(pair.corpus_path), config.behaviour)
+    assert lenses.behaviour.n_tokens == merged.n_tokens and merged.mean_kl > 0
+    assert lenses.behaviour.mean_kl == pytest.approx(merged.mean_kl, rel=1e-4)
