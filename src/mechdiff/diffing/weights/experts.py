@@ -13,26 +13,21 @@ from typing import Any
 
 import torch
 
+from mechdiff.diffing.weights.heads import PartsAggregate
 from mechdiff.diffing.weights.readout import Vocabulary
 
 ROUTE_BLOCK_ROWS = 16384  # embedding rows per block: a [block, experts] logit table stays small
 
 
 @dataclass
-class ExpertChange:
-    """Aggregated change of one expert across its tensors (gate, up, down)."""
+class ExpertChange(PartsAggregate):
+    """Aggregated change of one expert across its tensors (gate, up, down), like a head's."""
 
     layer: int
     expert: int
     score: float = 0.0
     rank: int = 0
     parts: dict[str, dict] = field(default_factory=dict)
-
-    def add(self, part: str, score: float, rank: int, rel_delta: float) -> None:
-        self.parts[part] = {"score": score, "rank": rank, "rel_delta": rel_delta}
-        # root-sum-square, as for heads: two tensors changed together count more than one
-        self.score = sum(p["score"] ** 2 for p in self.parts.values()) ** 0.5
-        self.rank = max(p["rank"] for p in self.parts.values())
 
     def to_json(self) -> dict:
         return {"layer": self.layer, "expert": self.expert, "score": self.score, "rank": self.rank,

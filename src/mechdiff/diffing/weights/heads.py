@@ -158,8 +158,19 @@ def _row_heads(start: int, n: int, hd: int, group: str, part: str) -> Iterator[H
         yield HeadSlice(h, group, part, slice(start + h * hd, start + (h + 1) * hd), None)
 
 
+class PartsAggregate:
+    """A unit (an attention head, an expert) scored from its parts (slices, tensors); the
+    dataclasses using it hold `parts`, `score` and `rank`."""
+
+    def add(self, part: str, score: float, rank: int, rel_delta: float) -> None:
+        self.parts[part] = {"score": score, "rank": rank, "rel_delta": rel_delta}
+        # root-sum-square: two parts changed together count more than one, never double
+        self.score = sum(p["score"] ** 2 for p in self.parts.values()) ** 0.5
+        self.rank = max(p["rank"] for p in self.parts.values())
+
+
 @dataclass
-class HeadChange:
+class HeadChange(PartsAggregate):
     """Aggregated change of one attention head across its q/k/v/o slices."""
 
     layer: int
@@ -168,12 +179,6 @@ class HeadChange:
     score: float = 0.0
     rank: int = 0
     parts: dict[str, dict] = field(default_factory=dict)
-
-    def add(self, part: str, score: float, rank: int, rel_delta: float) -> None:
-        self.parts[part] = {"score": score, "rank": rank, "rel_delta": rel_delta}
-        # root-sum-square: two slices changed together count more than one, never double
-        self.score = sum(p["score"] ** 2 for p in self.parts.values()) ** 0.5
-        self.rank = max(p["rank"] for p in self.parts.values())
 
     def to_json(self) -> dict:
         return {"layer": self.layer, "head": self.head, "kind": self.kind, "score": self.score,
