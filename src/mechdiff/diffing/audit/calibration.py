@@ -38,8 +38,14 @@ DTYPE_MARGIN = 1.0
 """The dtype floor in units of ||W|| * eps: a round trip moves ||W|| by at most eps / 2."""
 HEAD_MAJORITY = 0.5
 """Share of a layer's head structured energy one head must hold to be "the" head."""
-NULLS_MEASURED: dict[str, Any] = {}
-"""Filled by benchmarks (mechdiff bench --suite full); kept here for the report's table."""
+NULLS_MEASURED: dict[str, Any] = {
+    "command": "mechdiff bench --suite full --seeds 0 / --seeds 1 (benchmarks/results/organisms/)",
+    "max_top_score": {"identical": 0.0, "fp16": 0.0, "bf16": 0.0, "lora_zero": 0.0, "continued": 0.43,
+                      "reseeded": 0.49, "benign": 0.65},
+    "pairs_per_kind": 4, "false_positives": 0,
+}
+"""Top audit scores measured on the null controls (GPT-2-like and Llama-like, seeds 0 and 1), for the
+report's table. The scales above were set on GPT-2-like seed 0 and checked on the rest."""
 
 
 def structured_share(score: float, rel_delta: float, drift_weight: float = 1e-3) -> float:
