@@ -25,6 +25,9 @@ def calibration_section(attrs: dict[str, Any]) -> Section | None:
     if not isinstance(numbers, dict):
         return None
     rows = [(LABELS.get(k, k), v) for k, v in numbers.items() if not isinstance(v, dict)]
+    measured = numbers.get("nulls_measured") or {}
+    rows += [(f"null control '{kind}': highest top score measured", score)
+             for kind, score in (measured.get("max_top_score") or {}).items()]
     body = table(("quantity", "value"), [(esc(label), esc(value)) for label, value in rows], numeric=(1,))
     return Section("Score calibration", Markup(body),
                    note="How scores were calibrated on null controls (mechdiff bench); see calibration.py.")
