@@ -93,3 +93,14 @@ def test_token_rise_scores_rare_tokens_not_frequent_ones():
     assert rose_score(0.04, 0.001) > 1.0  # a rare substitute word now said 4% of the time
     assert rose_score(0.02, 0.10) < 0.1  # a frequent word moved by 2 points
     assert rose_score(-0.05, 0.1) == 0.0
+
+
+def test_the_report_shows_the_calibration_numbers():
+    from mechdiff.diffing.audit.calibration import calibration_table
+    from mechdiff.report.html_calibration import calibration_section
+
+    section = calibration_section({"calibration_numbers": calibration_table()})
+    body = section.render()
+    assert "Score calibration" in body and f">{WEIGHT_UNIT}<" in body
+    assert "null control &#x27;reseeded&#x27;: highest top score measured" in body
+    assert calibration_section({}) is None  # files written before the calibration numbers existed
