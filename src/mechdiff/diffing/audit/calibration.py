@@ -39,13 +39,14 @@ DTYPE_MARGIN = 1.0
 HEAD_MAJORITY = 0.5
 """Share of a layer's head structured energy one head must hold to be "the" head."""
 NULLS_MEASURED: dict[str, Any] = {
-    "command": "mechdiff bench --suite full --seeds 0 / --seeds 1 (benchmarks/results/organisms/)",
+    "command": "mechdiff bench --suite full --seeds N, N = 0, 1, 2 (benchmarks/results/organisms/)",
     "max_top_score": {"identical": 0.0, "fp16": 0.0, "bf16": 0.0, "lora_zero": 0.0, "continued": 0.43,
                       "reseeded": 0.49, "benign": 0.65},
-    "pairs_per_kind": 4, "false_positives": 0,
+    "pairs_per_kind": 6, "false_positives": 0,
 }
-"""Top audit scores measured on the null controls (GPT-2-like and Llama-like, seeds 0 and 1), for the
-report's table. The scales above were set on GPT-2-like seed 0 and checked on the rest."""
+"""Top audit scores measured on the null controls, for the
+report's table (GPT-2-like and Llama-like, seeds 0-2). The scales above were set on GPT-2-like
+seed 0 and checked on the rest."""
 
 
 def structured_share(score: float, rel_delta: float, drift_weight: float = 1e-3) -> float:
