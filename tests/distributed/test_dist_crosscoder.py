@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mechdiff.store import open_results
+from mechdiff.results import open_results
 
 SCRIPT = Path(__file__).with_name("crosscoder_ranks.py")
 

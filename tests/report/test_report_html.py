@@ -20,7 +20,8 @@ from mechdiff.diffing.behaviour.kl import BehaviourResult
 from mechdiff.errors import InputError
 from mechdiff.report.html import render_report
 from mechdiff.report.html_weights import detection_cut
-from mechdiff.store import ResultsWriter, open_results
+from mechdiff.results import open_results
+from mechdiff.store import ResultsWriter
 
 DOWN = "model.layers.1.mlp.down_proj.weight"
 Q0 = "model.layers.0.self_attn.q_proj.weight"

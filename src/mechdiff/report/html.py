@@ -25,7 +25,8 @@ from mechdiff.report.html_page import (
     stat_tiles,
     table,
 )
-from mechdiff.store import Results, open_results
+from mechdiff.results import open_results
+from mechdiff.store import Results
 
 SHOWN_ELSEWHERE = {"weights", "heads", "audit", "crosscoder"}
 GENERIC_ROWS = 10

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from mechdiff.cli import main
 from mechdiff.diffing.audit.findings import Finding, link_and_rank
 from mechdiff.diffing.audit.verdict import AuditConfig, AuditThresholds
-from mechdiff.store import open_results
+from mechdiff.results import open_results
 
 
 def test_linking_merges_lenses_that_name_the_same_tokens():
