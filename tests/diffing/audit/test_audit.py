@@ -61,7 +61,7 @@ def test_backdoor_is_the_top_finding_and_fails_the_gate(audited, toy_backdoor):
     top = doc["findings"][0]
     assert toy_backdoor.trigger in top["summary"] and toy_backdoor.target in top["summary"]
     assert top["score"] > 1.0 and top["rank"] == 1
-    assert {"behaviour", "weights", "heads"} <= set(doc["lenses"])
+    assert {"behaviour", "weights", "heads"} <= {lens["name"] for lens in doc["lenses"] if lens["ran"]}
     with open_results(out / "a.h5") as res:
         assert {"weights", "heads", "audit", "crosscoder"} <= set(res.parts)
         assert res.crosscoder.module().dict_size == len(res.crosscoder.table("latents"))
@@ -87,7 +87,13 @@ def test_audit_without_data_runs_the_weight_lens_only(toy_backdoor):
     result = CliRunner().invoke(main, ["audit", str(toy_backdoor.base_dir), str(toy_backdoor.ft_dir), "--json",
                                        "--no-progress"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["lenses"] == ["heads", "weights"]
+    lenses = {lens["name"]: lens for lens in json.loads(result.stdout)["lenses"]}
+    assert [name for name, lens in lenses.items() if lens["ran"]] == ["weights", "heads"]
+    for name in ("behaviour", "crosscoder"):
+        assert not lenses[name]["ran"] and "no --data" in lenses[name]["why"]
+    assert "--components" in lenses["components"]["why"]
+    text = CliRunner().invoke(main, ["audit", str(toy_backdoor.base_dir), str(toy_backdoor.ft_dir), "--no-progress"])
+    assert "Lenses run: weights, heads" in text.stdout and "Not run: behaviour (no --data" in text.stdout
 
 
 def test_audit_config_validates():
@@ -104,9 +110,24 @@ def test_components_lens_decomposes_base_and_reads_ft_in_its_components(toy_back
                                        "--json", "--no-progress"])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
-    assert "components" in doc["lenses"]
+    assert {"name": "components", "ran": True, "why": ""} in doc["lenses"]
     with open_results(out) as res:
         assert res.components.attrs["modules"] == ["transformer.h.1.mlp.c_fc"]
         methods = set(res.audit.table("findings")["method"])
     linked = {link["method"] for f in doc["findings"] for link in f["linked"]}
     assert "components" in methods | linked
+
+
+def test_linked_finding_lists_the_tokens_most_lenses_name_first():
+    from mechdiff.diffing.audit.findings import findings_table
+
+    found = link_and_rank([
+        Finding("behaviour", 5.0, "after 'zz' the fine-tune predicts 'yy'", frozenset({"zz", "yy"})),
+        Finding("weights", 0.8, "rank-1 change", frozenset({"aa", "bb", "cc", "zz", "yy", "dd"})),
+        Finding("crosscoder", 0.5, "latent 3 fires on 'zz'", frozenset({"zz", "ab"})),
+    ])
+    assert len(found) == 1
+    # zz: behaviour, weights, crosscoder; yy: behaviour, weights; the rest one lens each, by name
+    assert found[0].ranked_tokens() == ["zz", "yy", "aa", "ab", "bb", "cc", "dd"]
+    assert found[0].to_json()["tokens"][:2] == ["zz", "yy"]
+    assert findings_table(found)["tokens"][0].split("\x1f")[:2] == ["zz", "yy"]
