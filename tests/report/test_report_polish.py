@@ -76,3 +76,10 @@ def test_evidence_has_no_python_none_or_raw_json():
 
 def test_scores_have_three_significant_figures():
     assert [fmt_num(v) for v in (7.7245, 0.33456, 12.345, 0.000123)] == ["7.72", "0.335", "12.3", "1.23e-04"]
+
+
+def test_finding_tokens_are_shown_by_relevance():
+    summaries = ["after 'staiglai' the fine-tune predicts 'sugian'", "writes 'staiglai', 'sugian', 'lokebrian'",
+                 "latent 45 fires on 'staiglai'"]
+    stored = ["baifaste", "brilu", "lokebrian", "staiglai", "sugian"]  # by name, as older files hold them
+    assert html_audit.by_relevance(stored, summaries) == ["staiglai", "sugian", "lokebrian", "baifaste", "brilu"]

@@ -110,12 +110,24 @@ def _finding(row: np.void) -> Markup:
     parts = [esc(row["summary"])]
     names = row.dtype.names
     tokens = [t for t in str(row["tokens"]).split("\x1f") if t] if "tokens" in names else []
+    tokens = by_relevance(tokens, [str(row["summary"])] + [str(link.get("summary", "")) for link in _links(row)
+                                                          if isinstance(link, dict)])
     if tokens:
         parts.append(f'<div class="muted">tokens: {token_chips(tokens, 8)}</div>')
     for link in _links(row):
         parts.append(_linked_line(link))
     parts.append(_evidence(str(row["evidence"])))
     return Markup("".join(parts))
+
+
+def by_relevance(tokens: list[str], summaries: list[str]) -> list[str]:
+    """Tokens quoted by the most of a finding's summaries (its own and its linked ones) first.
+
+    Files written before findings stored their tokens by relevance hold them sorted by
+    name, which hid the trigger and its target behind "+10"; the summaries quote them.
+    """
+    mentions = {t: sum(f"'{t}'" in text for text in summaries) for t in tokens}
+    return sorted(tokens, key=lambda t: -mentions[t])  # stable: the stored order breaks ties
 
 
 def _linked_line(link: Any) -> str:
