@@ -72,3 +72,10 @@ def test_one_schema_version_attribute_and_old_files_still_open(files, tmp_path):
         f.attrs["mechdiff_schema"] = 1
     with mechdiff.open_results(old) as r:
         assert r.schema_version == 1 and r.part("weights").table("changes")["tensor"][0] == "x"
+
+
+def test_the_results_writer_is_a_part_writer(tmp_path):
+    from mechdiff.store import PartWriter
+
+    with ResultsWriter(tmp_path / "w.h5", command="x") as writer:
+        assert isinstance(writer, PartWriter)

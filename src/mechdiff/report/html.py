@@ -125,6 +125,8 @@ def _provenance(root: dict[str, Any]) -> list[str]:
     lines = []
     if root.get("base") or root.get("ft"):
         lines.append(f"base {root.get('base', '?')}  \u2192  fine-tune {root.get('ft', '?')}")
+    if root.get("model"):
+        lines.append(f"model {root['model']}")
     lines.append(f"written {root.get('created', '?')} by `{root.get('command', '?')}`")
     lines.append(f"mechdiff {root.get('mechdiff_version', '?')}, results schema {root.get('schema_version', '?')}")
     return lines

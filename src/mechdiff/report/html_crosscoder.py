@@ -80,9 +80,15 @@ def crosscoder_banner(part: Any) -> Banner | None:
     classes = [str(c) for c in latents["cls"]]
     site = part.attrs.get("site")
     where = f" at {site}" if site else ""
+    detail = "No audit verdict in this file; run `mechdiff audit` for one."
+    live = [i for i, c in enumerate(classes) if c != "dead" and np.isfinite(float(latents["delta"][i]))]
+    if live and "delta" in latents.dtype.names:
+        top = max(live, key=lambda i: float(latents["delta"][i]))
+        latent = int(latents["latent"][top]) if "latent" in latents.dtype.names else top
+        detail = (f"Most fine-tune-leaning live latent: {latent} (relative norm "
+                  f"{fmt_num(float(latents['delta'][top]))}, {classes[top]}); see below. " + detail)
     return Banner("info", f"Crosscoder{where}: {classes.count('ft-only')} fine-tune-only and "
-                  f"{classes.count('base-only')} base-only latents of {len(classes)}",
-                  "No audit verdict in this file; run `mechdiff audit` for one.")
+                  f"{classes.count('base-only')} base-only latents of {len(classes)}", detail)
 
 
 def _headline(latents: np.ndarray, attrs: dict[str, Any]) -> str:
