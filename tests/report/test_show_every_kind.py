@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -70,8 +72,11 @@ def kinds(tmp_path_factory):
     diff_checkpoints(base, ft, out=root / "diff.h5", progress=False)
     audit_checkpoints(base, ft, out=root / "audit.h5", progress=False)
     decompose_model(None, toy="tms-5-2", out=root / "decompose.h5", overrides={"steps": 300}, progress=False)
+    shutil.copy(root / "decompose.h5", root / "components.h5")
+    with h5py.File(root / "components.h5", "a") as f:  # what `decompose MODEL` writes: no ground truth
+        del f["components"].attrs["toy"]
     return {"diff": root / "diff.h5", "audit": root / "audit.h5", "decompose": root / "decompose.h5",
-            "crosscoder": _crosscoder_file(root / "crosscoder.h5")}
+            "components": root / "components.h5", "crosscoder": _crosscoder_file(root / "crosscoder.h5")}
 
 
 def _run(*args):
@@ -84,6 +89,7 @@ EXPECTED_TEXT = {
     "audit": ["Verdict:", "Lenses run: weights, heads", "Not run: behaviour (no --data corpus given"],
     "crosscoder": ["most ft-leaning latents", f"[[w{TRIGGER}]]"],
     "decompose": ["toy tms-5-2: MMCS", "ML2R", "Components by importance"],
+    "components": ["decomposed modules: linear1", "alive", "Components by importance"],
 }
 
 
@@ -111,7 +117,7 @@ def test_show_json_details(kinds):
     assert comp["toy"]["name"] == "tms-5-2" and 0 < comp["toy"]["mmcs"] <= 1 and comp["toy"]["ml2r"] > 0
 
 
-@pytest.mark.parametrize("kind", ["diff", "audit", "crosscoder", "decompose"])
+@pytest.mark.parametrize("kind", ["diff", "audit", "crosscoder", "decompose", "components"])
 def test_report_renders_every_kind(kinds, kind, tmp_path):
     out = tmp_path / f"{kind}.html"
     result = _run("report", kinds[kind], "-o", out)
@@ -124,5 +130,7 @@ def test_report_renders_every_kind(kinds, kind, tmp_path):
         assert "fine-tune-leaning latents" in html and f"w{TRIGGER}</mark>" in html
     if kind == "decompose":
         assert "MMCS" in html and "ML2R" in html
+    if kind == "components":
+        assert "Parameter components" in html and "Ground truth of the toy" not in html
     if kind == "audit":
         assert "behaviour" in html and "no --data corpus given" in html
