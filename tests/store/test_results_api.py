@@ -79,3 +79,17 @@ def test_the_results_writer_is_a_part_writer(tmp_path):
 
     with ResultsWriter(tmp_path / "w.h5", command="x") as writer:
         assert isinstance(writer, PartWriter)
+
+
+def test_the_store_names_no_lens(tmp_path):
+    """store/ is below the lenses: reading a file through it imports no lens package."""
+    import subprocess
+    import sys
+
+    code = ("import sys, mechdiff.store as s; r = s.open_results(sys.argv[1]); r.part('weights'); "
+            "print(sorted(m for m in sys.modules if m.startswith('mechdiff.diffing') or m.startswith('mechdiff.weightdecomp')))")
+    path = tmp_path / "w.h5"
+    with ResultsWriter(path, command="x") as w:
+        w.table("weights/changes", {"tensor": ["t"], "score": np.array([1.0])})
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
