@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from mechdiff.errors import InputError
-from mechdiff.weightdecomp.spd.checkpoint import Checkpointing
+from mechdiff.training import Checkpointing
 from mechdiff.weightdecomp.spd.config import SPDConfig
 from mechdiff.weightdecomp.spd.decomposition import Decomposition, ModuleComponents
 from mechdiff.weightdecomp.spd.trainer import decompose_module
