@@ -61,6 +61,13 @@ def test_unknown_only_is_a_usage_error(bench_dir):
     assert bench_run.main(["--only", "nothing"], bench_dir) == 2
 
 
+def test_a_target_row_has_no_ratio_and_prints_dashes():
+    row = harness.validate_row(harness.target_row("toy", 90.0, 120.0, "budget of issue 6"), "bench_x")
+    assert row["ratio"] is None and row["within_target"] is True and row["target_s"] == 120.0
+    line = harness.format_table([row]).splitlines()[1]
+    assert "toy" in line and " - " in line and "x " not in line
+
+
 def test_make_row_and_validation():
     row = harness.make_row("x", "y", 2.0, 0.5, elements=3)
     assert row["ratio"] == 4.0 and row["elements"] == 3
