@@ -45,33 +45,27 @@ def _load_whole(base: str, ft: str) -> dict:
             for n in sb}
 
 
-def _full_svd(base: str, ft: str) -> dict:
+def _matrix_deltas(base: str, ft: str):
+    """(name, fp32 delta) of every aligned 2-D pair, streamed."""
     from mechdiff.checkpoint import open_source, pair_sources
 
     b, f = open_source(base), open_source(ft)
-    out = {}
     for pair in pair_sources(b, f).pairs:
-        if len(pair.base_shape) != 2:
-            continue
-        d = f.get(pair.ft_name).float() - b.get(pair.base_name).float()
-        out[pair.name] = torch.linalg.svdvals(d).numpy().astype(np.float64).tolist()
-    return out
+        if len(pair.base_shape) == 2:
+            yield pair.name, f.get(pair.ft_name).float() - b.get(pair.base_name).float()
+
+
+def _full_svd(base: str, ft: str) -> dict:
+    return {name: torch.linalg.svdvals(d).numpy().astype(np.float64).tolist() for name, d in _matrix_deltas(base, ft)}
 
 
 def _lowrank(base: str, ft: str) -> dict:
-    from mechdiff.checkpoint import open_source, pair_sources
     from mechdiff.weightdecomp.spectral import SpectralConfig
 
-    k = SpectralConfig().k
-    b, f = open_source(base), open_source(ft)
-    out = {}
-    for pair in pair_sources(b, f).pairs:
-        if len(pair.base_shape) != 2:
-            continue
-        d = f.get(pair.ft_name).float() - b.get(pair.base_name).float()
+    k, out = SpectralConfig().k, {}
+    for name, d in _matrix_deltas(base, ft):
         _, s, _ = torch.svd_lowrank(d, q=min(k, *d.shape), niter=2)
-        out[pair.name] = {"sv": s.double().tolist(), "frob2": float(d.double().square().sum()),
-                          "shape": list(d.shape)}
+        out[name] = {"sv": s.double().tolist(), "frob2": float(d.double().square().sum()), "shape": list(d.shape)}
     return out
 
 
