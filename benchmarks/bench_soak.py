@@ -52,6 +52,24 @@ def _four(pair: Path, tmp: Path, tag: str, *, parallel: bool, env: dict[str, str
     return time.perf_counter() - start, results
 
 
+def parallel_rows(pair: Path, spec: PairSpec, tmp: Path) -> list[dict]:
+    """Four diffs of ``pair`` at once vs one after another, with default threads and with one each."""
+    rows = []
+    for label, env in (("default threads", None), ("one thread each (OMP/NUMBA/MKL_NUM_THREADS=1)", ONE_THREAD)):
+        tag = "one" if env else "default"
+        load = round(os.getloadavg()[0], 1)
+        one_by_one_s, one_by_one = _four(pair, tmp, f"seq-{tag}", parallel=False, env=env)
+        at_once_s, at_once = _four(pair, tmp, f"par-{tag}", parallel=True, env=env)
+        rows.append({
+            "name": f"soak: 4 diffs of {spec.n_params() / 1e9:.2f}B at once, {label}",
+            "baseline": "the same 4 one after another (wall time, start-ups included, both sides)",
+            "baseline_s": one_by_one_s, "ours_s": at_once_s, "ratio": one_by_one_s / at_once_s,
+            "in_process_s_at_once": [round(r["seconds"], 2) for r in at_once],
+            "peak_rss_mb": [round(r["peak_rss_mb"]) for r in at_once],
+            "identical": _identical([*one_by_one, *at_once]), "cpus": os.cpu_count(), "load_avg_before": load})
+    return rows
+
+
 def run(quick: bool) -> list[dict]:
     big = PairSpec(d=512, n_layers=4, n_heads=8, n_kv=4, ffn=1408, vocab=8000, shards=2) if quick else PairSpec()
     small = PairSpec(**{**big.__dict__, "n_layers": max(1, big.n_layers // 4)})
@@ -69,16 +87,5 @@ def run(quick: bool) -> list[dict]:
                      "ratio": seconds[0] / (sum(seconds[1:]) / 4),
                      "peak_rss_mb": [round(r["peak_rss_mb"]) for r in sequential],
                      "identical": _identical(sequential)})
-        for label, env in (("default threads", None), ("one thread each (OMP/NUMBA/MKL_NUM_THREADS=1)", ONE_THREAD)):
-            tag = "one" if env else "default"
-            one_by_one_s, one_by_one = _four(small_pair, tmp, f"seq-{tag}", parallel=False, env=env)
-            at_once_s, at_once = _four(small_pair, tmp, f"par-{tag}", parallel=True, env=env)
-            rows.append({
-                "name": f"soak: 4 diffs of {small.n_params() / 1e9:.2f}B at once, {label}",
-                "baseline": "the same 4 one after another (wall time, start-ups included, both sides)",
-                "baseline_s": one_by_one_s, "ours_s": at_once_s, "ratio": one_by_one_s / at_once_s,
-                "in_process_s_at_once": [round(r["seconds"], 2) for r in at_once],
-                "peak_rss_mb": [round(r["peak_rss_mb"]) for r in at_once],
-                "identical": _identical([*one_by_one, *at_once]), "cpus": os.cpu_count(),
-                "load_avg_before": round(os.getloadavg()[0], 1)})
+        rows += parallel_rows(small_pair, small, tmp)
     return rows
