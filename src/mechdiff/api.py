@@ -14,6 +14,7 @@ from mechdiff.diffing.audit.lenses import (
     audit_crosscoder_config,
     audit_findings,
     hidden_size,
+    run_adapter_lenses,
     run_model_lenses,
     runnable,
 )
@@ -114,7 +115,8 @@ def audit_checkpoints(
         ft: fine-tuned checkpoint (or ``adapter``).
         data: corpus (.txt, one document per line, or .jsonl with "text"); enables the
             behavioural and crosscoder lenses when both models are runnable HF folders.
-        adapter: PEFT LoRA adapter over ``base`` as the fine-tune (weight lens only).
+        adapter: PEFT LoRA adapter over ``base`` as the fine-tune (weight lens, and the behaviour
+            lens on one model with the adapter toggled).
         out: results file (HDF5) to write atomically.
         report: HTML report to write.
         config: lens settings and thresholds.
@@ -137,6 +139,8 @@ def audit_checkpoints(
     lenses = None
     if data is not None and adapter is None and runnable(base) and runnable(ft):
         lenses = run_model_lenses(base, ft, data, config, progress, ctx)
+    elif data is not None and adapter is not None and runnable(base):
+        lenses = run_adapter_lenses(base, adapter, data, config, ctx)
     if not ctx.is_main:
         return None
     result = audit_findings(diff, lenses, config)

@@ -46,8 +46,28 @@ def render_weight_diff(diff: WeightDiff, top: int = 15) -> str:
                  ",".join(p for p, v in h.parts.items() if v.get("rank", 0) > 0) or "-"]
                 for h in diff.heads[: min(top, 10)]]
         lines += _table(["layer", "head", "kind", "score", "rank", "changed parts"], rows)
+    lines += _experts(diff, top)
     lines += _lists(diff)
     return "\n".join(lines)
+
+
+def _experts(diff: WeightDiff, top: int) -> list[str]:
+    """The top MoE experts, and where each changed router now sends tokens."""
+    lines = []
+    if diff.experts:
+        lines += ["", "Top experts"]
+        rows = [[str(e.layer), str(e.expert), _fmt(e.score), str(e.rank),
+                 ",".join(p for p, v in e.parts.items() if v.get("rank", 0) > 0) or "-"]
+                for e in diff.experts[: min(top, 10)]]
+        lines += _table(["layer", "expert", "score", "rank", "changed parts"], rows)
+    for router in diff.routing[:5]:
+        if not router["tokens_rerouted"]:
+            continue
+        lines += ["", (f"Router {router['tensor']}: {router['tokens_rerouted']} tokens "
+                      f"({router['fraction_rerouted']:.1%} of the vocabulary) now go to other experts")]
+        lines += [f"  expert {e['expert']}: +{e['gained']} tokens ({_tokens(e['tokens_gained'])}), -{e['lost']}"
+                  for e in router["experts"][:4] if e["gained"] or e["lost"]]
+    return lines
 
 
 def _lists(diff: WeightDiff) -> list[str]:
