@@ -43,12 +43,26 @@ class Finding:
     evidence: dict[str, Any] = field(default_factory=dict)
     linked: list[dict[str, Any]] = field(default_factory=list)
     rank: int = 0
+    own_tokens: tuple[str, ...] | frozenset[str] | None = None
+    """The tokens this finding named itself, before linked findings added theirs (None: not linked)."""
 
     def to_json(self) -> dict[str, Any]:
         return {"rank": self.rank, "method": self.method, "score": self.score, "summary": self.summary,
                 "location": {"layer": self.layer, "head": self.head, "tensor": self.tensor or None,
                              "latent": self.latent},
-                "tokens": ordered_tokens(self.tokens), "evidence": self.evidence, "linked": self.linked}
+                "tokens": self.ranked_tokens(), "evidence": self.evidence, "linked": self.linked}
+
+    def ranked_tokens(self) -> list[str]:
+        """Tokens by relevance: those named by the most of this finding's lenses first (the trigger and
+        target a behaviour, a latent and a weight all point at), then its own in evidence order, then by name."""
+        own = ordered_tokens(self.tokens if self.own_tokens is None else self.own_tokens)
+        votes = {token: int(token in own) for token in ordered_tokens(self.tokens)}
+        for link in self.linked:
+            for token in link.get("tokens", []):
+                if token in votes:
+                    votes[token] += 1
+        place = {token: i for i, token in enumerate(own)}
+        return sorted(votes, key=lambda token: (-votes[token], place.get(token, len(own)), token))
 
 
 def link_and_rank(findings: list[Finding]) -> list[Finding]:
@@ -69,7 +83,8 @@ def link_and_rank(findings: list[Finding]) -> list[Finding]:
             continue
         anchor.linked.append({"method": finding.method, "score": finding.score, "summary": finding.summary,
                               "location": finding.to_json()["location"], "tokens": ordered_tokens(finding.tokens)})
-        # the anchor keeps its own tokens: the linked findings list theirs under "linked"
+        anchor.own_tokens = anchor.tokens if anchor.own_tokens is None else anchor.own_tokens
+        anchor.tokens = tuple(dict.fromkeys([*ordered_tokens(anchor.tokens), *ordered_tokens(finding.tokens)]))
     for finding in kept:
         finding.score += link_bonus(finding)
     kept.sort(key=lambda f: -f.score)
@@ -110,5 +125,5 @@ def findings_table(findings: list[Finding]) -> dict[str, list]:
         "score": [f.score for f in findings], "summary": [f.summary for f in findings],
         "evidence": [json.dumps(f.evidence, default=str) for f in findings],
         "linked": [json.dumps(f.linked, default=str) for f in findings],
-        "tokens": ["\x1f".join(ordered_tokens(f.tokens)) for f in findings],
+        "tokens": ["\x1f".join(f.ranked_tokens()) for f in findings],
     }

@@ -251,7 +251,7 @@ def _analyze_pair(
         rel_delta=stats.rel_delta, rank=0, structured_fraction=0.0, cosine=stats.cosine,
         max_abs_delta=stats.max_abs_d, norm_base=stats.norm_base, norm_delta=stats.norm_d,
         nan_base=stats.nan_base, inf_base=stats.inf_base, nan_ft=stats.nan_ft, inf_ft=stats.inf_ft,
-        shape=tuple(pair.ft_shape), expert=pair.expert,
+        shape=_out_in_shape(tuple(pair.ft_shape), pair.info), expert=pair.expert,
     )
     if stored is None or stats.sum_d2 == 0.0:
         return change, [], []
@@ -293,6 +293,11 @@ def _finite_float(t: torch.Tensor, workspace: DeltaWorkspace) -> torch.Tensor:
     out = workspace.take(t.shape)
     out.copy_(t)
     return out.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def _out_in_shape(shape: tuple[int, ...], info: TensorInfo) -> tuple[int, ...]:
+    """The stored shape as [out, in] (GPT-2 Conv1D stores [in, out])."""
+    return shape[::-1] if info.orientation == "in_out" and len(shape) == 2 else shape
 
 
 def _oriented(t: torch.Tensor, info: TensorInfo) -> torch.Tensor:

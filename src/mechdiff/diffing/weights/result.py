@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mechdiff import __version__
 from mechdiff.diffing.weights.experts import ExpertChange, expert_changes
 from mechdiff.diffing.weights.heads import HeadChange
+from mechdiff.diffing.weights.relation import relation, relation_warning
+
+if TYPE_CHECKING:
+    from mechdiff.store.protocol import PartWriter
 
 JSON_SCHEMA_VERSION = 1
 # Columns of /weights/changes, in order; `tokens_*` are joined with "\x1f" in HDF5.
@@ -91,6 +95,14 @@ class WeightDiff:
         self.heads.sort(key=lambda h: (-h.score, h.layer, h.head, h.kind))
         if not self.experts:
             self.experts = expert_changes(self.changes)
+        warning = relation_warning(self.relation, self.changes)
+        if warning is not None and warning not in self.warnings:
+            self.warnings.insert(0, warning)
+
+    @property
+    def relation(self) -> str:
+        """"identical" (same weights), "unrelated" (not a fine-tune of BASE) or "fine-tune"."""
+        return relation(self.changes, self.added, self.removed, self.reshaped)
 
     @property
     def routing(self) -> list[dict[str, Any]]:
@@ -102,7 +114,7 @@ class WeightDiff:
         """The ``--json`` document of DESIGN.md (``top`` limits changes and heads)."""
         return {
             "schema_version": JSON_SCHEMA_VERSION, "mechdiff_version": __version__,
-            "base": self.base, "ft": self.ft, "layout": self.layout,
+            "base": self.base, "ft": self.ft, "layout": self.layout, "relation": self.relation,
             "changes": [c.to_json() for c in self.changes[:top]],
             "heads": [h.to_json() for h in self.heads[:top]],
             "experts": [e.to_json() for e in self.experts[:top]],
@@ -111,7 +123,7 @@ class WeightDiff:
             "moved_tokens": self.moved_tokens, "warnings": self.warnings,
         }
 
-    def write(self, writer: Any) -> None:
+    def write(self, writer: PartWriter) -> None:
         """Store under /weights and /heads of a ResultsWriter."""
         columns: dict[str, Any] = {name: [] for name in CHANGE_COLUMNS}
         for change in self.changes:
@@ -129,7 +141,7 @@ class WeightDiff:
         writer.attrs("weights", {
             "config": self.config, "layout": self.layout, "added": self.added, "removed": self.removed,
             "reshaped": self.reshaped, "warnings": self.warnings, "moved_tokens": self.moved_tokens,
-            "token_separator": TOKEN_SEP, "rows": "ranked by score; vectors/<row>/U,V are float16",
+            "token_separator": TOKEN_SEP, "shape_order": "out,in", "rows": "ranked by score; vectors/<row>/U,V are float16",
             "routing": self.routing, "unclassified": self.unclassified,
         })
         if self.experts:
