@@ -28,7 +28,8 @@ def test_linking_merges_lenses_that_name_the_same_tokens():
     top = ranked[0]
     # 3.0 + 0.5 x the linked weights finding's score (0.4): a weak corroboration adds little
     assert top.score == pytest.approx(3.2) and [link["method"] for link in top.linked] == ["weights"]
-    assert top.tokens == frozenset({"zq", "banana"})  # the anchor keeps its own tokens
+    # banana is named by both lenses, so it leads; then the anchor's own, then the linked finding's
+    assert top.own_tokens == frozenset({"zq", "banana"}) and top.ranked_tokens() == ["banana", "zq", "x"]
     assert [f.rank for f in ranked] == [1, 2, 3]
 
 
