@@ -50,7 +50,7 @@ class Finding:
         return {"rank": self.rank, "method": self.method, "score": self.score, "summary": self.summary,
                 "location": {"layer": self.layer, "head": self.head, "tensor": self.tensor or None,
                              "latent": self.latent},
-                "tokens": self.ranked_tokens(), "evidence": self.evidence, "linked": self.linked}
+                "tokens": self.evidence_tokens(), "evidence": self.evidence, "linked": self.linked}
 
     def ranked_tokens(self) -> list[str]:
         """Tokens by relevance: those named by the most of this finding's lenses first (the trigger and
@@ -63,6 +63,13 @@ class Finding:
                     votes[token] += 1
         place = {token: i for i, token in enumerate(own)}
         return sorted(votes, key=lambda token: (-votes[token], place.get(token, len(own)), token))
+
+    def evidence_tokens(self) -> list[str]:
+        """The tokens listed with the finding (JSON, results file): its own and those two or more of its
+        lenses name, ranked; a token only a linked finding names stays under that link."""
+        own = set(ordered_tokens(self.tokens if self.own_tokens is None else self.own_tokens))
+        linked = [t for link in self.linked for t in link.get("tokens", [])]
+        return [t for t in self.ranked_tokens() if t in own or linked.count(t) >= 2]
 
 
 def link_and_rank(findings: list[Finding]) -> list[Finding]:
@@ -125,5 +132,5 @@ def findings_table(findings: list[Finding]) -> dict[str, list]:
         "score": [f.score for f in findings], "summary": [f.summary for f in findings],
         "evidence": [json.dumps(f.evidence, default=str) for f in findings],
         "linked": [json.dumps(f.linked, default=str) for f in findings],
-        "tokens": ["\x1f".join(f.ranked_tokens()) for f in findings],
+        "tokens": ["\x1f".join(f.evidence_tokens()) for f in findings],
     }
