@@ -111,8 +111,9 @@ def audit_checkpoints(
     Args:
         base: base checkpoint.
         ft: fine-tuned checkpoint (or ``adapter``).
-        data: corpus (.txt, one document per line, or .jsonl with "text"); enables the
-            behavioural and crosscoder lenses when both models are runnable HF folders.
+        data: corpus (.txt, one document per line, or .jsonl with "text") for the lenses that run
+            both models (when both are runnable HF folders); without it they read text sampled
+            from the base (``config.self_generate``), and the crosscoder does not run.
         adapter: PEFT LoRA adapter over ``base`` as the fine-tune (weight lens only).
         out: results file (HDF5) to write atomically.
         report: HTML report to write.
@@ -134,8 +135,9 @@ def audit_checkpoints(
     ctx = init_from_env(config.diff.resolved_device().type)
     diff = diff_checkpoints(base, ft, adapter=adapter, config=config.diff, progress=progress)
     lenses = None
-    if data is not None and adapter is None and runnable(base) and runnable(ft):
-        lenses = run_model_lenses(base, ft, data, config, progress, ctx)
+    if adapter is None and runnable(base) and runnable(ft) and (data is not None or config.self_generate):
+        pairing = pair_sources(*open_pair(base, ft, adapter))
+        lenses = run_model_lenses(base, ft, data, config, progress, ctx, diff=diff, pairing=pairing)
     if not ctx.is_main:
         return None
     result = audit_findings(diff, lenses, config)

@@ -40,12 +40,15 @@ class Finding:
     evidence: dict[str, Any] = field(default_factory=dict)
     linked: list[dict[str, Any]] = field(default_factory=list)
     rank: int = 0
+    causal: dict[str, Any] | None = None
+    """Causal confirmation of a weight / head finding (``audit.causal``), when it was tested."""
 
     def to_json(self) -> dict[str, Any]:
         return {"rank": self.rank, "method": self.method, "score": self.score, "summary": self.summary,
                 "location": {"layer": self.layer, "head": self.head, "tensor": self.tensor or None,
                              "latent": self.latent},
-                "tokens": sorted(self.tokens), "evidence": self.evidence, "linked": self.linked}
+                "tokens": sorted(self.tokens), "evidence": self.evidence, "linked": self.linked,
+                **({} if self.causal is None else {"causal": self.causal})}
 
 
 def link_and_rank(findings: list[Finding]) -> list[Finding]:
@@ -65,7 +68,8 @@ def link_and_rank(findings: list[Finding]) -> list[Finding]:
             kept.append(finding)
             continue
         anchor.linked.append({"method": finding.method, "score": finding.score, "summary": finding.summary,
-                              "location": finding.to_json()["location"]})
+                              "location": finding.to_json()["location"],
+                              **({} if finding.causal is None else {"causal": finding.causal})})
         anchor.tokens = anchor.tokens | finding.tokens
     for finding in kept:
         lenses = {finding.method} | {link["method"] for link in finding.linked}
