@@ -27,7 +27,7 @@ from mechdiff.report.html_page import (
 )
 from mechdiff.store import Results, open_results
 
-SHOWN_ELSEWHERE = {"weights", "heads", "audit", "crosscoder"}
+SHOWN_ELSEWHERE = {"weights", "heads", "audit", "crosscoder", "adl", "logit_diff", "amplified"}
 GENERIC_ROWS = 10
 
 
@@ -80,6 +80,9 @@ def build_html(results: Results) -> str:
         from mechdiff.report.html_crosscoder import crosscoder_sections
 
         sections += crosscoder_sections(results.part("crosscoder"))
+    from mechdiff.report.lenses_summary import lens_sections
+
+    sections += lens_sections(results)
     shown = SHOWN_ELSEWHERE if "weights" in parts else SHOWN_ELSEWHERE - {"heads"}  # heads come with /weights
     sections += [_generic_section(results, name) for name in results.parts if name not in shown]
     root = results.attrs

@@ -40,7 +40,7 @@ def _audit(results: Results, top: int | None) -> tuple[dict, str]:
     part = results.part("audit")
     attrs = part.attrs
     findings = []
-    if "findings" in part:
+    if "findings" in part.keys():
         for row in part.table("findings"):
             findings.append({"rank": int(row["rank"]), "method": str(row["method"]), "score": float(row["score"]),
                              "summary": str(row["summary"]), "evidence": json.loads(row["evidence"]),
@@ -49,6 +49,7 @@ def _audit(results: Results, top: int | None) -> tuple[dict, str]:
                                           "tensor": str(row["tensor"]) or None, "latent": _none(row["latent"])}})
     document = {"verdict": attrs.get("verdict"), "thresholds": attrs.get("thresholds", {}),
                 "lenses": attrs.get("lenses", []), "findings": findings[:top]}
+    document.update({k: attrs[k] for k in ("causal", "text") if k in attrs})
     return document, render_audit(document, top=top or 10)
 
 
@@ -68,7 +69,7 @@ def _load_optional_summarizers() -> None:
     import importlib
 
     for module in ("mechdiff.diffing.crosscoder.summary", "mechdiff.weightdecomp.components_summary",
-                   "mechdiff.diffing.audit_summary"):
+                   "mechdiff.diffing.audit_summary", "mechdiff.report.lenses_summary"):
         try:
             importlib.import_module(module)
         except ImportError:

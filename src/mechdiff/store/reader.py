@@ -93,7 +93,7 @@ class Results:
         return cls(self, name, self.file[name])
 
     def __getattr__(self, name: str) -> Part:
-        if name in ("weights", "heads", "crosscoder", "components", "audit"):
+        if name in ("weights", "heads", "crosscoder", "components", "audit", "adl", "logit_diff", "amplified"):
             return self.part(name)
         raise AttributeError(name)
 

@@ -11,7 +11,7 @@ import numpy as np
 
 SCHEMA_VERSION = 1
 MAGIC_ATTR = "mechdiff_schema"  # marks a file as ours, whatever its version
-PARTS = ("weights", "heads", "crosscoder", "components", "audit")
+PARTS = ("weights", "heads", "crosscoder", "components", "audit", "adl", "logit_diff", "amplified")
 CHUNK_THRESHOLD = 1 << 16  # arrays with more elements than this are chunked + compressed
 STR_DTYPE = h5py.string_dtype(encoding="utf-8")
 

@@ -162,15 +162,16 @@ def _param_name(tensor: str, params: dict) -> str | None:
 
 @contextlib.contextmanager
 def applied(params: dict, edits: list[Edit], which: str, factor: float) -> Iterator[None]:
-    """FT's parameters with ``factor`` times each edit's ``which`` part added, restored afterwards."""
-    changes = [(params[e.param][0], getattr(e, which) * factor) for e in edits]
+    """FT's parameters with ``factor`` times each edit's ``which`` part added, restored bit for bit afterwards."""
+    saved = {e.param: params[e.param][0].detach().clone() for e in edits}
     try:
-        for param, change in changes:
-            param.data.add_(change.to(param.dtype))
+        for e in edits:
+            param = params[e.param][0]
+            param.data.add_((getattr(e, which) * factor).to(param.dtype))
         yield
     finally:
-        for param, change in changes:
-            param.data.sub_(change.to(param.dtype))
+        for name, value in saved.items():
+            params[name][0].data.copy_(value)
 
 
 @dataclass

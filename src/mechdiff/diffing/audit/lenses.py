@@ -70,6 +70,7 @@ def audit_findings(diff: WeightDiff, lenses: ModelLenses | None, config: AuditCo
     result = merge_findings(found, config.thresholds, config.fail_above, behaviour)
     if lenses is not None:
         result.extra.update(_lens_extras(lenses, result))
+        result.lenses = sorted({*result.lenses, *(n for n in ("amplified", "causal") if n in result.extra)})
     return result
 
 
