@@ -66,6 +66,17 @@ def _amplified(results: Results, top: int | None) -> tuple[list, str]:
     return doc, amplified_text(doc)
 
 
+def lens_text(document: dict) -> str:
+    """What `mechdiff lens` prints: the lens's summary and where the text came from."""
+    if "adl" in document:
+        body = adl_text(document["adl"])
+    elif "logit_diff" in document:
+        body = logit_diff_text(document["logit_diff"])
+    else:
+        body = amplified_text(document["amplified"])
+    return f"{body}\nText: {document['text']}"
+
+
 def causal_text(causal: dict) -> str:
     """One line on the joint ablation of the top weight / head findings."""
     if not causal:

@@ -40,7 +40,7 @@ def _audit(results: Results, top: int | None) -> tuple[dict, str]:
     part = results.part("audit")
     attrs = part.attrs
     findings = []
-    if "findings" in part.keys():
+    if "findings" in list(part.keys()):
         for row in part.table("findings"):
             findings.append({"rank": int(row["rank"]), "method": str(row["method"]), "score": float(row["score"]),
                              "summary": str(row["summary"]), "evidence": json.loads(row["evidence"]),

@@ -62,3 +62,26 @@ def _causal(base: Any, ft: Any, docs: list, positions: list, diff: WeightDiff | 
         return None
     causal_config = dataclasses.replace(config.causal, spectral=config.diff.spectral)  # the weight lens's ranks
     return causal_confirmation(base, ft, findings, docs, positions, pairing, causal_config, config.behaviour.device)
+
+
+SINGLE_LENSES = ("adl", "logit-diff", "amplify")
+
+
+def run_single_lens(name: str, base: Any, ft: Any, tokenizers: tuple, texts: list[str], layer: int | None = None,
+                    device: str = "cpu") -> Any:
+    """One of the lenses on its own (``mechdiff lens NAME``): its result, which can ``write`` its part.
+
+    Amplified sampling without findings reports the rates of the tokens whose frequency rose most
+    from the smallest to the largest alpha.
+    """
+    from mechdiff.diffing.behaviour.adl import ADLConfig, activation_difference
+    from mechdiff.diffing.behaviour.amplify import AmplifyConfig, amplified_samples
+    from mechdiff.diffing.behaviour.kl import BehaviourConfig
+    from mechdiff.diffing.behaviour.logit_diff import logit_diff
+
+    if name == "adl":
+        return activation_difference(base, ft, tokenizers, texts, ADLConfig(layer=layer, device=device))
+    if name == "logit-diff":
+        return logit_diff(base, ft, tokenizers, texts, behaviour=BehaviourConfig(device=device))
+    result = amplified_samples(base, ft, tokenizers[0], AmplifyConfig(device=device))
+    return result.with_rates(result.rising_tokens())

@@ -55,6 +55,14 @@ class AmplifiedResult:
         self.rates = [{t: float((arr == i).mean()) for t, i in ids.items()} for arr in self.token_ids]
         return self
 
+    def rising_tokens(self, top: int = 5) -> list[str]:
+        """The tokens whose frequency rose most from the first alpha to the last (when no findings name any)."""
+        first, last = (np.bincount(a.ravel(), minlength=max(self.vocab.values(), default=0) + 1) / a.size
+                       for a in (self.token_ids[0], self.token_ids[-1]))
+        rise = last[: len(first)] - first[: len(last)]
+        names = {i: t for t, i in self.vocab.items()}
+        return [names[int(i)] for i in np.argsort(-rise)[:top] if rise[i] > 0 and int(i) in names]
+
     def to_json(self) -> list[dict[str, Any]]:
         """The audit JSON's ``amplified``: [{"alpha", "samples", "rates"}]."""
         rates = self.rates or [{} for _ in self.alphas]
