@@ -113,6 +113,10 @@ def lens_sections(results: Results) -> list[Section]:
         sections.append(Section("Amplified sampling", Markup(table(["alpha", "top findings' tokens", "sample"], rows)),
                                 "samples of logits_ft + alpha (logits_ft - logits_base) from the start token",
                                 anchor="amplified"))
+    text = results.part("audit").attrs.get("text") if "audit" in parts else None
+    if text:
+        sections.append(Section("Text the models read", Markup(f"<p>{esc(text)}</p>"),
+                                "what the lenses that run both models were given", anchor="text"))
     causal = results.part("audit").attrs.get("causal") if "audit" in parts else None
     if causal:
         sections.append(Section("Causal check of weight findings", Markup(f"<p>{esc(causal_text(causal))}</p>"),

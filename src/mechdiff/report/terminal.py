@@ -71,7 +71,10 @@ def render_audit(document: dict, top: int = 10) -> str:
     verdict = document["verdict"]
     threshold = document["thresholds"]["finding"]
     banner = "FINDINGS" if verdict == "findings" else "PASS"
-    lines = [f"Verdict: {banner} (a finding counts above score {threshold:g}; lenses: {', '.join(document['lenses'])})", ""]
+    from mechdiff.diffing.audit.lens_findings import lens_names
+
+    lenses = ", ".join(lens_names(document["lenses"]))
+    lines = [f"Verdict: {banner} (a finding counts above score {threshold:g}; lenses: {lenses})", ""]
     rows = []
     for f in document["findings"][:top]:
         linked = "+" + ",".join(sorted({link["method"] for link in f["linked"]})) if f["linked"] else ""

@@ -62,7 +62,7 @@ def test_backdoor_is_the_top_finding_and_fails_the_gate(audited, toy_backdoor):
     top = doc["findings"][0]
     assert toy_backdoor.trigger in top["summary"] and toy_backdoor.target in top["summary"]
     assert top["score"] > 1.0 and top["rank"] == 1
-    assert {"behaviour", "weights", "heads"} <= set(doc["lenses"])
+    assert {"behaviour", "weights", "heads"} <= {e["name"] for e in doc["lenses"] if e["ran"]}
     with open_results(out / "a.h5") as res:
         assert {"weights", "heads", "audit", "crosscoder"} <= set(res.parts)
         assert res.crosscoder.module().dict_size == len(res.crosscoder.table("latents"))
@@ -77,7 +77,7 @@ def test_backdoor_is_the_top_finding_and_fails_the_gate(audited, toy_backdoor):
 def test_difference_lenses_name_the_backdoor_and_its_weights_cause_it(audited, toy_backdoor):
     result, out = audited
     doc = json.loads(result.stdout)
-    assert {"adl", "logit_diff", "amplified", "causal"} <= set(doc["lenses"])
+    assert {"adl", "logit_diff", "amplified", "causal"} <= {e["name"] for e in doc["lenses"] if e["ran"]}
     assert set(doc["adl"]) >= {"layer", "positions", "tokens_up", "tokens_down", "steered"}
     assert all(isinstance(t, str) for t in doc["adl"]["tokens_up"] + doc["logit_diff"]["tokens_up"])
     named = set(doc["adl"]["tokens_up"][:10]) | set(doc["logit_diff"]["tokens_up"][:10])
@@ -115,10 +115,13 @@ def test_audit_without_data_runs_the_model_lenses_on_text_sampled_from_the_base(
                                        "--no-progress", "--neutral-tokens", "1000"])
     assert result.exit_code in (0, 1), result.output
     doc = json.loads(result.stdout)
-    assert {"behaviour", "adl", "logit_diff", "heads", "weights"} <= set(doc["lenses"])
-    assert "crosscoder" not in doc["lenses"] and "crosscoder" in doc["skipped_lenses"]
-    assert doc["text"].startswith("self-generated: 1008 tokens sampled from the base")
-    assert doc["behaviour"]["n_tokens"] > 900
+    assert {"behaviour", "adl", "logit_diff", "heads", "weights"} <= {e["name"] for e in doc["lenses"] if e["ran"]}
+    crosscoder = next(e for e in doc["lenses"] if e["name"] == "crosscoder")
+    assert not crosscoder["ran"] and "no --data" in crosscoder["why"]
+    assert doc["text"].startswith("self-generated: ") and "tokens sampled from the base" in doc["text"]
+    tokens = int(doc["text"].split(" tokens")[0].split()[-1])
+    assert 1000 <= tokens < 1000 + 63  # the last document may run past the target
+    assert doc["behaviour"]["n_tokens"] >= tokens  # every sampled token is read (BOS adds one per document)
 
 
 def test_audit_config_validates():
@@ -135,7 +138,7 @@ def test_components_lens_decomposes_base_and_reads_ft_in_its_components(toy_back
                                        "--json", "--no-progress"])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
-    assert "components" in doc["lenses"]
+    assert {"name": "components", "ran": True, "why": ""} in doc["lenses"]
     with open_results(out) as res:
         assert res.components.attrs["modules"] == ["transformer.h.1.mlp.c_fc"]
         methods = set(res.audit.table("findings")["method"])

@@ -30,7 +30,7 @@ def test_adl_alone_on_self_generated_text(toy_backdoor):
                                        "--neutral-tokens", "300", "--json"])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
-    assert doc["text"].startswith("self-generated: 315 tokens sampled from the base model")  # 5 docs of 63
+    assert doc["text"].startswith("self-generated: ") and "tokens sampled from the base model" in doc["text"]
     adl = doc["adl"]
     assert adl["layer"] == 1 and adl["positions"] == 5 and len(adl["layer_norms"]) == 2
     assert adl["steered"] and adl["steer_losses"]["steered_loss"] <= adl["steer_losses"]["limit"]
@@ -50,4 +50,5 @@ def test_neutral_text_is_seeded(toy_backdoor):
     again = neutral_texts(model, tokenizer, NeutralConfig(tokens=100, seed=1))
     other = neutral_texts(model, tokenizer, NeutralConfig(tokens=100, seed=2))
     assert first.texts == again.texts and first.texts != other.texts
-    assert first.tokens == 126 and "seed 1" in first.describe()
+    assert 100 <= first.tokens < 100 + 63 and "seed 1" in first.describe()
+    assert first.tokens == sum(len(t.split()) for t in first.texts)  # one toy-language token per word

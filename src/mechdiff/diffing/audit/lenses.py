@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mechdiff.checkpoint.sources import read_config
+from mechdiff.diffing.audit.lens_findings import lens_status
 from mechdiff.diffing.audit.verdict import (
     AuditConfig,
     AuditResult,
@@ -70,7 +71,8 @@ def audit_findings(diff: WeightDiff, lenses: ModelLenses | None, config: AuditCo
     result = merge_findings(found, config.thresholds, config.fail_above, behaviour)
     if lenses is not None:
         result.extra.update(_lens_extras(lenses, result))
-        result.lenses = sorted({*result.lenses, *(n for n in ("amplified", "causal") if n in result.extra)})
+    ran = [*result.lenses, *(n for n in ("amplified", "causal") if n in result.extra)]
+    result.lenses = lens_status(ran, None if lenses is None else lenses.skipped)
     return result
 
 
@@ -96,7 +98,7 @@ def _lens_extras(lenses: ModelLenses, result: AuditResult) -> dict:
     """The audit JSON's adl / logit_diff / amplified / causal entries and where the text came from."""
     from mechdiff.diffing.audit.lens_findings import amplified_tokens, causal_summary
 
-    extra: dict[str, Any] = {"text": lenses.text or "the --data corpus", "skipped_lenses": lenses.skipped}
+    extra: dict[str, Any] = {"text": lenses.text or "the --data corpus"}
     if lenses.adl is not None:
         extra["adl"] = lenses.adl.to_json()
     if lenses.logit_diff is not None:

@@ -19,6 +19,7 @@ from mechdiff.diffing.activations.collect import max_positions
 from mechdiff.errors import InputError
 
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
+MAX_SAMPLED_FACTOR = 20  # sample at most this many times the tokens asked for
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,8 @@ class NeutralText:
     seed: int
 
     def describe(self) -> str:
-        return f"self-generated: {self.tokens} tokens sampled from the base model from its BOS token (seed {self.seed})"
+        return (f"self-generated: {len(self.texts)} documents, {self.tokens} tokens sampled from the base model "
+                f"from its BOS token (seed {self.seed})")
 
 
 def model_logits(model: nn.Module) -> LogitsFn:
@@ -114,6 +116,9 @@ def neutral_texts(base: nn.Module, tokenizer: Any, config: NeutralConfig | None 
                   device: str = "cpu") -> NeutralText:
     """Documents sampled from the base model (seeded), to stand in for unrelated text.
 
+    Batches of documents are sampled until the kept tokens (a document ends at its first EOS)
+    reach ``config.tokens``.
+
     Args:
         base: the base causal LM.
         tokenizer: its tokenizer (BOS or EOS starts every document; EOS ends one early).
@@ -121,21 +126,25 @@ def neutral_texts(base: nn.Module, tokenizer: Any, config: NeutralConfig | None 
         device: where the model runs.
 
     Returns:
-        The documents and a description for the report.
+        The documents, the number of tokens kept, and a description for the report.
     """
     config = config or NeutralConfig()
     length = max(1, min(config.doc_len, max_positions(base) - 1))
-    n_docs = -(-config.tokens // length)
     generator = torch.Generator().manual_seed(config.seed)
-    ids = sample_ids(model_logits(base), start_token(tokenizer), n_docs, length, generator, device,
-                     config.temperature, config.batch_docs)
     eos = getattr(tokenizer, "eos_token_id", None)
-    texts = []
-    for row in ids[:, 1:].tolist():
-        row = row[: row.index(eos)] if eos in row else row
-        text = decode(tokenizer, row).strip()
-        if text:
-            texts.append(text)
+    texts, kept, rounds = [], 0, 0
+    while kept < config.tokens:
+        if rounds * config.batch_docs * length >= MAX_SAMPLED_FACTOR * config.tokens:
+            break  # a base that ends nearly every document at once: keep what there is
+        ids = sample_ids(model_logits(base), start_token(tokenizer), config.batch_docs, length, generator, device,
+                         config.temperature, config.batch_docs)
+        rounds += 1
+        for row in ids[:, 1:].tolist():
+            row = row[: row.index(eos)] if eos in row else row
+            text = decode(tokenizer, row).strip()
+            if text and kept < config.tokens:
+                texts.append(text)
+                kept += len(row)
     if not texts:
         raise InputError("the base model sampled only special tokens; pass --data with a corpus")
-    return NeutralText(texts, n_docs * length, config.seed)
+    return NeutralText(texts, kept, config.seed)
