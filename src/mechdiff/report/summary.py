@@ -47,6 +47,8 @@ def _audit(results: Results, top: int | None) -> tuple[dict, str]:
                              "linked": json.loads(row["linked"]),
                              "location": {"layer": _none(row["layer"]), "head": _none(row["head"]),
                                           "tensor": str(row["tensor"]) or None, "latent": _none(row["latent"])}})
+            if "causal" in row.dtype.names and row["causal"]:
+                findings[-1]["causal"] = json.loads(row["causal"])
     document = {"verdict": attrs.get("verdict"), "thresholds": attrs.get("thresholds", {}),
                 "lenses": attrs.get("lenses", []), "findings": findings[:top]}
     document.update({k: attrs[k] for k in ("causal", "text") if k in attrs})

@@ -98,4 +98,5 @@ def findings_table(findings: list[Finding]) -> dict[str, list]:
         "evidence": [json.dumps(f.evidence, default=str) for f in findings],
         "linked": [json.dumps(f.linked, default=str) for f in findings],
         "tokens": ["\x1f".join(sorted(f.tokens)) for f in findings],
+        "causal": [json.dumps(f.causal) if f.causal is not None else "" for f in findings],
     }
