@@ -9,11 +9,13 @@ from pathlib import Path
 
 from mechdiff.checkpoint import LoraSource, open_source, pair_sources
 from mechdiff.checkpoint.sources import TensorSource, read_config
+from mechdiff.diffing.audit.coverage import AuditInputs, audit_warnings, lens_coverage
 from mechdiff.diffing.audit.lenses import (
     approx_tokens,
     audit_crosscoder_config,
     audit_findings,
     hidden_size,
+    run_adapter_lenses,
     run_model_lenses,
     runnable,
 )
@@ -114,7 +116,8 @@ def audit_checkpoints(
         data: corpus (.txt, one document per line, or .jsonl with "text") for the lenses that run
             both models (when both are runnable HF folders); without it they read text sampled
             from the base (``config.self_generate``), and the crosscoder does not run.
-        adapter: PEFT LoRA adapter over ``base`` as the fine-tune (weight lens only).
+        adapter: PEFT LoRA adapter over ``base`` as the fine-tune (weight lens, and the behaviour
+            lens on one model with the adapter toggled).
         out: results file (HDF5) to write atomically.
         report: HTML report to write.
         config: lens settings and thresholds.
@@ -128,19 +131,24 @@ def audit_checkpoints(
     inputs = [p for p in (base, ft, adapter, data) if p is not None]
     out_path = check_output_path(out, inputs) if out is not None else None
     report_path = check_output_path(report, inputs) if report is not None else None
+    corpus_tokens = 0
     if data is not None:
         from mechdiff.diffing.activations.collect import read_texts
 
-        read_texts(data)  # fail on a bad corpus before the heavy work
+        corpus_tokens = approx_tokens(read_texts(data))  # fails on a bad corpus before the heavy work
     ctx = init_from_env(config.diff.resolved_device().type)
     diff = diff_checkpoints(base, ft, adapter=adapter, config=config.diff, progress=progress)
+    given = AuditInputs(data, adapter, runnable(base) and runnable(ft), corpus_tokens)
     lenses = None
-    if adapter is None and runnable(base) and runnable(ft) and (data is not None or config.self_generate):
+    if adapter is None and given.runnable and (data is not None or config.self_generate):
         pairing = pair_sources(*open_pair(base, ft, adapter))
         lenses = run_model_lenses(base, ft, data, config, progress, ctx, diff=diff, pairing=pairing)
+    elif data is not None and adapter is not None and runnable(base):
+        lenses = run_adapter_lenses(base, adapter, data, config, ctx)
     if not ctx.is_main:
         return None
     result = audit_findings(diff, lenses, config)
+    result.lenses, result.warnings = lens_coverage(given, config, lenses, diff), audit_warnings(given, lenses)
     if out_path is not None or report_path is not None:
         out_path = out_path or Path(str(report_path) + ".h5")
         parts = [diff, *(lenses.parts() if lenses is not None else []), result]
@@ -194,18 +202,17 @@ def decompose_model(
 
         config = dataclasses.replace(TOY_CONFIGS[toy], seed=seed, **changes)
         report = run_toy(toy, config, seed=seed, progress=progress, checkpointing=checkpointing)
-        decomposition, document = report.decomposition, report.to_json()
+        part, document = report, report.to_json()
     else:
         from mechdiff.weightdecomp.spd.hf import decompose_hf
 
         config = dataclasses.replace(SPDConfig(), seed=seed, **changes)
-        decomposition = decompose_hf(model, module_globs or [], data, config, progress=progress,
-                                     checkpointing=checkpointing)
-        document = {"modules": list(decomposition.modules), "n_alive": decomposition.n_alive(),
-                    "config": decomposition.config.to_dict()}
+        part = decompose_hf(model, module_globs or [], data, config, progress=progress,
+                            checkpointing=checkpointing)
+        document = {"modules": list(part.modules), "n_alive": part.n_alive(), "config": part.config.to_dict()}
     if out_path is not None:
         with results_writer(out_path, inputs={"model": str(model or f"toy:{toy}")}) as writer:
-            decomposition.write(writer)
+            part.write(writer)
     return document
 
 

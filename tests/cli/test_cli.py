@@ -79,7 +79,7 @@ def test_decompose_toy_writes_components(tmp_path):
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert doc["name"] == "tms-5-2" and doc["n_components"] == 20 and doc["steps"] == 50
-    from mechdiff.store import open_results
+    from mechdiff.results import open_results
 
     with open_results(out) as res:
         assert len(res.components.table("components")) == 40  # 20 per matrix, two matrices

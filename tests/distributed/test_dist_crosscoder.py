@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mechdiff.store import open_results
+from mechdiff.results import open_results
 
 SCRIPT = Path(__file__).with_name("crosscoder_ranks.py")
 
@@ -96,7 +96,7 @@ def test_audit_under_torchrun_finds_the_backdoor(toy_backdoor, tmp_path):
     doc = json.loads(done.stdout)  # one document: rank 0 alone prints
     top = doc["findings"][0]
     assert toy_backdoor.trigger in top["summary"] and toy_backdoor.target in top["summary"]
-    assert {"behaviour", "weights", "heads", "crosscoder"} <= {e["name"] for e in doc["lenses"] if e["ran"]}
+    assert {"behaviour", "weights", "heads", "crosscoder"} <= {lens["name"] for lens in doc["lenses"] if lens["ran"]}
     with open_results(out) as res:
         assert {"weights", "heads", "audit", "crosscoder"} <= set(res.parts)
         assert res.audit.attrs["verdict"] == "findings"

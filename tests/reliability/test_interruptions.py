@@ -13,7 +13,7 @@ import pytest
 import torch
 from ckpt_builders import LLAMA_CONFIG, drift, llama_state, low_rank, save_folder
 
-from mechdiff.store import open_results
+from mechdiff.results import open_results
 
 # big enough (~60M parameters, bf16) that the diff runs for seconds even on an idle machine
 SIZES = {"n_layers": 6, "d": 768, "n_heads": 12, "n_kv": 4, "head_dim": 64, "ffn": 3072, "vocab": 4000}

@@ -20,6 +20,10 @@ def _document(results: Results, name: str) -> Any:
     return results.part(name).attrs.get("document", {})
 
 
+def _part_document(part: Any) -> Any:
+    return part.attrs.get("document", {})
+
+
 def adl_text(doc: dict) -> str:
     steered = doc.get("steered") or []
     lines = [(f"Activation-difference lens (layer {doc.get('layer')}, first {doc.get('positions')} positions; "
@@ -49,20 +53,20 @@ def amplified_text(doc: list) -> str:
 
 
 @summarizer("adl")
-def _adl(results: Results, top: int | None) -> tuple[dict, str]:
-    doc = _document(results, "adl")
+def _adl(part: Any, top: int | None) -> tuple[dict, str]:
+    doc = _part_document(part)
     return doc, adl_text(doc)
 
 
 @summarizer("logit_diff")
-def _logit_diff(results: Results, top: int | None) -> tuple[dict, str]:
-    doc = _document(results, "logit_diff")
+def _logit_diff(part: Any, top: int | None) -> tuple[dict, str]:
+    doc = _part_document(part)
     return doc, logit_diff_text(doc)
 
 
 @summarizer("amplified")
-def _amplified(results: Results, top: int | None) -> tuple[list, str]:
-    doc = _document(results, "amplified")
+def _amplified(part: Any, top: int | None) -> tuple[list, str]:
+    doc = _part_document(part)
     return doc, amplified_text(doc)
 
 

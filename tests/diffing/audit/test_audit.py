@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from mechdiff.cli import main
 from mechdiff.diffing.audit.findings import Finding, link_and_rank
 from mechdiff.diffing.audit.verdict import AuditConfig, AuditThresholds
-from mechdiff.store import open_results
+from mechdiff.results import open_results
 
 
 def test_linking_merges_lenses_that_name_the_same_tokens():
@@ -62,7 +62,7 @@ def test_backdoor_is_the_top_finding_and_fails_the_gate(audited, toy_backdoor):
     top = doc["findings"][0]
     assert toy_backdoor.trigger in top["summary"] and toy_backdoor.target in top["summary"]
     assert top["score"] > 1.0 and top["rank"] == 1
-    assert {"behaviour", "weights", "heads"} <= {e["name"] for e in doc["lenses"] if e["ran"]}
+    assert {"behaviour", "weights", "heads"} <= {lens["name"] for lens in doc["lenses"] if lens["ran"]}
     with open_results(out / "a.h5") as res:
         assert {"weights", "heads", "audit", "crosscoder"} <= set(res.parts)
         assert res.crosscoder.module().dict_size == len(res.crosscoder.table("latents"))
@@ -122,6 +122,10 @@ def test_audit_without_data_runs_the_model_lenses_on_text_sampled_from_the_base(
     tokens = int(doc["text"].split(" tokens")[0].split()[-1])
     assert 1000 <= tokens < 1000 + 63  # the last document may run past the target
     assert doc["behaviour"]["n_tokens"] >= tokens  # every sampled token is read (BOS adds one per document)
+    assert "--components" in next(e for e in doc["lenses"] if e["name"] == "components")["why"]
+    text = CliRunner().invoke(main, ["audit", str(toy_backdoor.base_dir), str(toy_backdoor.ft_dir), "--no-progress",
+                                     "--neutral-tokens", "200"])
+    assert "Not run: crosscoder (no --data" in text.stdout and "Text the models were run on: self-generated" in text.stdout
 
 
 def test_audit_config_validates():
@@ -144,3 +148,4 @@ def test_components_lens_decomposes_base_and_reads_ft_in_its_components(toy_back
         methods = set(res.audit.table("findings")["method"])
     linked = {link["method"] for f in doc["findings"] for link in f["linked"]}
     assert "components" in methods | linked
+

@@ -14,8 +14,6 @@ from typing import Any
 from mechdiff.diffing.audit.findings import Finding
 
 LOGIT_DIFF_FINDINGS = 3
-LENSES = ("weights", "heads", "behaviour", "crosscoder", "components", "adl", "logit_diff", "amplified", "causal")
-NOT_RUN = "the models were not run: no model folders for both BASE and FT (or FT is an adapter)"
 
 
 def _meaningful(tokens: list[str]) -> list[str]:
@@ -85,23 +83,3 @@ def amplified_tokens(ranked: list[Finding], top: int = 5) -> list[str]:
     for finding in ranked[:top]:
         tokens += [t for t in sorted(finding.tokens) if t not in tokens]
     return tokens
-
-
-def lens_status(ran: list[str], skipped: dict[str, str] | None) -> list[dict[str, Any]]:
-    """Every lens as ``{"name", "ran", "why"}`` (``skipped``: the model lenses' reasons; None: models not run)."""
-    return [{"name": name, "ran": name in ran, "why": "" if name in ran else _why(name, skipped)} for name in LENSES]
-
-
-def _why(name: str, skipped: dict[str, str] | None) -> str:
-    if skipped and name in skipped:
-        return skipped[name]
-    if name == "components":
-        return "off by default (turn on with --components GLOB)"
-    if name == "heads":
-        return "the layout has no attention heads to split"
-    return NOT_RUN if skipped is None else "turned off in the audit config"
-
-
-def lens_names(entries: list[Any]) -> list[str]:
-    """The names of the lenses that ran (entries are dicts, or bare names in files written before)."""
-    return [e["name"] if isinstance(e, dict) else str(e) for e in entries if not isinstance(e, dict) or e.get("ran")]

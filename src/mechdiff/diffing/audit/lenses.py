@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from mechdiff.checkpoint.sources import read_config
-from mechdiff.diffing.audit.lens_findings import lens_status
 from mechdiff.diffing.audit.verdict import (
     AuditConfig,
     AuditResult,
@@ -71,8 +69,6 @@ def audit_findings(diff: WeightDiff, lenses: ModelLenses | None, config: AuditCo
     result = merge_findings(found, config.thresholds, config.fail_above, behaviour)
     if lenses is not None:
         result.extra.update(_lens_extras(lenses, result))
-    ran = [*result.lenses, *(n for n in ("amplified", "causal") if n in result.extra)]
-    result.lenses = lens_status(ran, None if lenses is None else lenses.skipped)
     return result
 
 
@@ -111,7 +107,12 @@ def _lens_extras(lenses: ModelLenses, result: AuditResult) -> dict:
 
 
 def runnable(path: str | os.PathLike | None) -> bool:
-    return path is not None and Path(path).is_dir() and (Path(path) / "config.json").is_file()
+    from mechdiff.checkpoint.hub_cache import resolve_model
+
+    if path is None:
+        return False
+    folder = resolve_model(path)  # a cached model id runs like its snapshot folder
+    return folder.is_dir() and (folder / "config.json").is_file()
 
 
 def run_model_lenses(base: str | os.PathLike, ft: str | os.PathLike, data: str | os.PathLike | None,
@@ -122,6 +123,7 @@ def run_model_lenses(base: str | os.PathLike, ft: str | os.PathLike, data: str |
 
     The crosscoder comes first: every rank takes part in it; the others are rank 0's.
     """
+    from mechdiff.checkpoint.hub_cache import resolve_model
     from mechdiff.diffing.activations.collect import read_texts
     from mechdiff.diffing.crosscoder.pipeline import crosscoder_on_models
     from mechdiff.models import load_model_pair
@@ -140,7 +142,7 @@ def run_model_lenses(base: str | os.PathLike, ft: str | os.PathLike, data: str |
     skipped = {} if data is not None else {"crosscoder": "no --data: the self-generated text is too little for a "
                                                          "crosscoder"}
     if config.crosscoder and data is not None:
-        model_config = read_config(Path(base)) or {}
+        model_config = read_config(resolve_model(base)) or {}
         layer = config.crosscoder_layer if config.crosscoder_layer is not None else _middle_layer(model_config)
         cc_config = audit_crosscoder_config(hidden_size(model_config), approx_tokens(texts),
                                             config.crosscoder_options)
@@ -220,3 +222,23 @@ def audit_crosscoder_config(d_model: int, corpus_tokens: int, overrides: dict | 
     return CrosscoderConfig.from_dict({**CrosscoderConfig().to_dict(), **values, **(overrides or {})})
 
 
+def run_adapter_lenses(base: str | os.PathLike, adapter: str | os.PathLike, data: str | os.PathLike,
+                       config: AuditConfig, ctx: DistContext) -> ModelLenses | None:
+    """The behaviour lens on BASE + a LoRA adapter as one model, the adapter toggled (no second copy).
+
+    The crosscoder and components lenses hook the same submodules of both models at once,
+    which one shared model cannot serve; they do not run for an adapter.
+    """
+    from mechdiff.adapter_toggle import AdapterToggle
+    from mechdiff.checkpoint import LoraSource, open_source
+    from mechdiff.diffing.activations.collect import read_texts
+    from mechdiff.diffing.behaviour.kl import BehaviourConfig, behaviour_diff
+    from mechdiff.models import load_causal_lm
+
+    if not ctx.is_main or config.behaviour is None:
+        return None
+    model, tokenizer = load_causal_lm(base, rank_device((config.behaviour or BehaviourConfig()).device, ctx))
+    toggle = AdapterToggle(model, LoraSource(open_source(base), adapter))
+    base_view, ft_view = toggle.views()
+    return ModelLenses(behaviour=behaviour_diff(base_view, ft_view, (tokenizer, tokenizer), read_texts(data),
+                                                config.behaviour))

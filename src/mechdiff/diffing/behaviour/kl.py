@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -12,6 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from mechdiff.diffing.activations.collect import max_positions, pad_batch, tokenize_pair
+
+if TYPE_CHECKING:
+    from mechdiff.store.protocol import PartWriter
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,7 @@ class BehaviourResult:
                 "top_contexts": self.contexts, "tokens_rose": self.rose, "tokens_fell": self.fell,
                 "kl_by_token": self.by_token}
 
-    def write(self, writer: Any) -> None:
+    def write(self, writer: PartWriter) -> None:
         """Store as /audit/behaviour_contexts and /audit/behaviour_tokens."""
         if self.contexts:
             writer.table("audit/behaviour_contexts", {k: [c[k] for c in self.contexts]

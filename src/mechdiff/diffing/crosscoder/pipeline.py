@@ -10,7 +10,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,6 +31,9 @@ from mechdiff.diffing.crosscoder.summary import summary_json
 from mechdiff.diffing.crosscoder.train import train_crosscoder
 from mechdiff.distributed import SINGLE, DistContext, all_gather
 from mechdiff.models import load_model_pair
+
+if TYPE_CHECKING:
+    from mechdiff.store.protocol import PartWriter
 
 GROUP = "crosscoder"
 CONTEXT_CLASSES = ("ft-only", "base-only")
@@ -74,7 +77,7 @@ class CrosscoderResult:
             "class_thresholds": {"ft_only_min": FT_ONLY_MIN, "base_only_max": BASE_ONLY_MAX, "shared": list(SHARED_RANGE)},
         }
 
-    def write(self, writer: Any) -> None:
+    def write(self, writer: PartWriter) -> None:
         """Write group /crosscoder: latents and contexts tables, weights, top contexts, attrs.
 
         Args:

@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,6 +24,9 @@ from mechdiff.weightdecomp.toys.models import (
 )
 
 TOYS = ("tms-5-2", "tms-5-2-id", "tms-40-10", "resid-mlp")
+
+if TYPE_CHECKING:
+    from mechdiff.store.protocol import PartWriter
 
 # SPD settings per toy: the published coefficients (C, importance coefficient, p;
 # Bushnaq et al. 2025) with batch 256 instead of 4096 and a 5x larger learning
@@ -152,6 +155,12 @@ class ToyReport:
     @property
     def targets_met(self) -> bool:
         return all(self.targets.values())
+
+    def write(self, writer: PartWriter) -> None:
+        """The decomposition under ``/components`` plus this report's metrics as its ``toy`` attribute."""
+        self.decomposition.write(writer)
+        metrics = {k: v for k, v in self.to_json().items() if k not in ("config", "ci_pattern")}
+        writer.attrs("components", {"toy": metrics})
 
     def to_json(self) -> dict[str, Any]:
         """Everything but the decomposition, as JSON-ready values."""
