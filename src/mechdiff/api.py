@@ -25,6 +25,7 @@ from mechdiff.diffing.weights.result import WeightDiff
 from mechdiff.distributed import barrier, init_from_env, rank_device
 from mechdiff.progress import progress_bar
 from mechdiff.store import ResultsWriter, check_output_path
+from mechdiff.training import Checkpointing
 
 
 def open_pair(base: str | os.PathLike, ft: str | os.PathLike | None, adapter: str | os.PathLike | None) -> tuple[TensorSource, TensorSource]:
@@ -172,7 +173,7 @@ def decompose_model(
     seed: int = 0,
     overrides: dict | None = None,
     progress: bool = True,
-    checkpointing: object | None = None,
+    checkpointing: Checkpointing | None = None,
 ) -> dict:
     """Stochastic parameter decomposition of a local HF model's modules, or of a toy model.
 
@@ -186,7 +187,7 @@ def decompose_model(
         seed: random seed.
         overrides: SPDConfig fields to change (None values are ignored).
         progress: progress bars on stderr.
-        checkpointing: ``spd_checkpoint.Checkpointing`` to save / resume a long run.
+        checkpointing: save / resume a long run (``mechdiff.training.Checkpointing``).
 
     Returns:
         A JSON-able summary (toy: the ground-truth metrics).
@@ -226,9 +227,7 @@ def train_crosscoder_pair(
     out: str | os.PathLike | None = None,
     options: dict | None = None,
     device: str = "cpu",
-    checkpoint_dir: str | os.PathLike | None = None,
-    checkpoint_every: int = 0,
-    resume: bool = False,
+    checkpointing: Checkpointing | None = None,
     progress: bool = True,
 ) -> dict | None:
     """Crosscoder on paired activations of two local HF models, written to a results file.
@@ -244,7 +243,7 @@ def train_crosscoder_pair(
         out: results file (HDF5) to write atomically.
         options: CrosscoderConfig fields (None values fall back to sizes fitted to model and corpus).
         device: where the models run.
-        checkpoint_dir, checkpoint_every, resume: checkpointing of long trainings.
+        checkpointing: save / resume a long training (``mechdiff.training.Checkpointing``).
         progress: progress bars on stderr.
 
     Returns:
@@ -263,8 +262,7 @@ def train_crosscoder_pair(
         raise UsageError(str(exc)) from exc
     ctx = init_from_env(device)
     result = run_crosscoder(base, ft, data, layer, config, site_kind=site, device=rank_device(device, ctx),
-                            checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume,
-                            progress=progress, ctx=ctx)
+                            checkpointing=checkpointing, progress=progress, ctx=ctx)
     if not ctx.is_main:
         barrier(ctx)
         return None

@@ -6,6 +6,7 @@ import functools
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -65,6 +66,17 @@ def checkpoint_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     fn = click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in --checkpoint-dir.")(fn)
     fn = click.option("--checkpoint-every", type=click.IntRange(0), default=0, show_default=True)(fn)
     return click.option("--checkpoint-dir", type=click.Path(), help="Save training checkpoints here.")(fn)
+
+
+def make_checkpointing(checkpoint_dir: str | None, checkpoint_every: int, resume: bool) -> Any:
+    """The Checkpointing of --checkpoint-dir / --checkpoint-every / --resume (None without a directory)."""
+    if resume and not checkpoint_dir:
+        raise click.UsageError("--resume needs --checkpoint-dir")
+    if not checkpoint_dir:
+        return None
+    from mechdiff.training import Checkpointing
+
+    return Checkpointing(Path(checkpoint_dir), every=checkpoint_every, resume=resume)
 
 
 def emit_json(document: dict) -> None:
@@ -227,12 +239,10 @@ def crosscoder(base: str, ft: str, data: str, layer: int, site: str, out: str | 
     """Train a crosscoder on paired activations of BASE and FT; classify latents as new / gone / shared."""
     from mechdiff.api import train_crosscoder_pair
 
-    if resume and not checkpoint_dir:
-        raise click.UsageError("--resume needs --checkpoint-dir")
+    checkpointing = make_checkpointing(checkpoint_dir, checkpoint_every, resume)
     options = {"dict_size": dict_size, "k": k, "sparsity": sparsity, "tokens": tokens}
     summary = train_crosscoder_pair(base, ft, data, layer, site=site, out=out, options=options, device=device,
-                                    checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
-                                    resume=resume, progress=not no_progress)
+                                    checkpointing=checkpointing, progress=not no_progress)
     if summary is None:  # torchrun ranks other than 0
         return
     if as_json:
@@ -267,15 +277,7 @@ def decompose(model: str | None, toy: str | None, globs: tuple[str, ...], data: 
         raise click.UsageError("give either MODEL (with --modules and --data) or --toy NAME")
     if model is not None and (not globs or data is None):
         raise click.UsageError("decomposing MODEL needs --modules GLOB and --data FILE")
-    if resume and not checkpoint_dir:
-        raise click.UsageError("--resume needs --checkpoint-dir")
-    checkpointing = None
-    if checkpoint_dir:
-        from pathlib import Path
-
-        from mechdiff.weightdecomp.spd.checkpoint import Checkpointing
-
-        checkpointing = Checkpointing(Path(checkpoint_dir), every=checkpoint_every, resume=resume)
+    checkpointing = make_checkpointing(checkpoint_dir, checkpoint_every, resume)
     document = decompose_model(model, toy=toy, module_globs=list(globs), data=data, out=out, seed=seed,
                                overrides={"n_components": components, "steps": steps}, progress=not no_progress,
                                checkpointing=checkpointing)
