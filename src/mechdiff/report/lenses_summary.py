@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 from mechdiff.report.html_page import Markup, Section, esc, fmt_num, table, token_chips
-from mechdiff.report.summary import summarizer
 from mechdiff.store import Results
 
 LENS_PARTS = ("adl", "logit_diff", "amplified")
@@ -19,9 +18,6 @@ SHOWN_TOKENS = 10
 def _document(results: Results, name: str) -> Any:
     return results.part(name).attrs.get("document", {})
 
-
-def _part_document(part: Any) -> Any:
-    return part.attrs.get("document", {})
 
 
 def adl_text(doc: dict) -> str:
@@ -50,24 +46,6 @@ def amplified_text(doc: list) -> str:
         rates = ", ".join(f"{t} {100 * r:.1f}%" for t, r in sorted(row["rates"].items(), key=lambda x: -x[1])[:5])
         lines.append(f"  alpha {row['alpha']:g}: {rates or '(no rates)'} | {row['samples'][0][:100] if row['samples'] else ''}")
     return "\n".join(lines)
-
-
-@summarizer("adl")
-def _adl(part: Any, top: int | None) -> tuple[dict, str]:
-    doc = _part_document(part)
-    return doc, adl_text(doc)
-
-
-@summarizer("logit_diff")
-def _logit_diff(part: Any, top: int | None) -> tuple[dict, str]:
-    doc = _part_document(part)
-    return doc, logit_diff_text(doc)
-
-
-@summarizer("amplified")
-def _amplified(part: Any, top: int | None) -> tuple[list, str]:
-    doc = _part_document(part)
-    return doc, amplified_text(doc)
 
 
 def lens_text(document: dict) -> str:

@@ -36,6 +36,30 @@ def _weights(part: Any, top: int | None) -> tuple[dict, str]:
     return diff.to_json(top=top), render_weight_diff(diff, top=top or 15)
 
 
+@summarizer("adl")
+def _adl(part: Any, top: int | None) -> tuple[dict, str]:
+    from mechdiff.report.lenses_summary import adl_text
+
+    doc = part.attrs.get("document", {})
+    return doc, adl_text(doc)
+
+
+@summarizer("logit_diff")
+def _logit_diff(part: Any, top: int | None) -> tuple[dict, str]:
+    from mechdiff.report.lenses_summary import logit_diff_text
+
+    doc = part.attrs.get("document", {})
+    return doc, logit_diff_text(doc)
+
+
+@summarizer("amplified")
+def _amplified(part: Any, top: int | None) -> tuple[list, str]:
+    from mechdiff.report.lenses_summary import amplified_text
+
+    doc = part.attrs.get("document", [])
+    return doc, amplified_text(doc)
+
+
 @summarizer("audit")
 def _audit(part: Any, top: int | None) -> tuple[dict, str]:
     document = part.to_json(top=top)
@@ -64,8 +88,6 @@ def _generic(part: Part) -> tuple[dict, str]:
 
 def summarize_results(results: Results, top: int | None = None) -> tuple[dict[str, Any], str]:
     """Summaries of every part of an open results file: (json document, text)."""
-    from mechdiff.report import lenses_summary  # noqa: F401 (registers the adl / logit_diff / amplified summaries)
-
     root = results.attrs
     document: dict[str, Any] = {"schema_version": results.schema_version,
                                 "mechdiff_version": root.get("mechdiff_version"),
