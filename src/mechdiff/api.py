@@ -18,6 +18,7 @@ from mechdiff.diffing.audit.lenses import (
     run_adapter_lenses,
     run_model_lenses,
     runnable,
+    samples_text,
 )
 from mechdiff.diffing.audit.verdict import AuditConfig, AuditResult
 from mechdiff.diffing.weights.diff import DiffConfig, diff_sources
@@ -141,7 +142,7 @@ def audit_checkpoints(
     diff = diff_checkpoints(base, ft, adapter=adapter, config=config.diff, progress=progress)
     given = AuditInputs(data, adapter, runnable(base) and runnable(ft), corpus_tokens)
     lenses = None
-    if adapter is None and given.runnable and (data is not None or config.self_generate):
+    if adapter is None and given.runnable and (data is not None or (config.self_generate and samples_text(base))):
         pairing = pair_sources(*open_pair(base, ft, adapter))
         lenses = run_model_lenses(base, ft, data, config, progress, ctx, diff=diff, pairing=pairing)
     elif data is not None and adapter is not None and runnable(base):

@@ -44,7 +44,7 @@ def lens_coverage(inputs: AuditInputs, config: Any, lenses: Any, diff: Any) -> l
         lenses: ``ModelLenses`` of the model-running lenses (None when they did not run).
         diff: the WeightDiff.
     """
-    blocked = _why_models_not_run(inputs, getattr(config, "self_generate", False))
+    blocked = "" if lenses is not None else _why_models_not_run(inputs)
     ran = {"weights": True, "heads": bool(diff.heads),
            "behaviour": lenses is not None and lenses.behaviour is not None,
            "crosscoder": lenses is not None and lenses.crosscoder is not None,
@@ -68,9 +68,9 @@ def normalize_lenses(raw: list[Any]) -> list[dict[str, Any]]:
             for entry in raw]
 
 
-def _why_models_not_run(inputs: AuditInputs, self_generate: bool = False) -> str:
-    if inputs.data is None and not (self_generate and inputs.adapter is None and inputs.runnable):
-        return "no --data corpus given; the model-running lenses need text"
+def _why_models_not_run(inputs: AuditInputs) -> str:
+    if inputs.data is None:
+        return "no --data corpus given; the model-running lenses need text (or BASE's tokenizer to sample it)"
     if inputs.adapter is not None:
         return "FT is a PEFT adapter; the model-running lenses need two model folders"
     if not inputs.runnable:

@@ -21,6 +21,8 @@ from mechdiff.diffing.behaviour.kl import BehaviourConfig
 from mechdiff.diffing.weights.result import WeightDiff
 from mechdiff.distributed import DistContext, rank_device
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
 
 @dataclass
 class ModelLenses:
@@ -113,6 +115,14 @@ def runnable(path: str | os.PathLike | None) -> bool:
         return False
     folder = resolve_model(path)  # a cached model id runs like its snapshot folder
     return folder.is_dir() and (folder / "config.json").is_file()
+
+
+def samples_text(path: str | os.PathLike) -> bool:
+    """BASE can stand in for a corpus: a runnable folder with a tokenizer to decode its samples."""
+    from mechdiff.checkpoint.hub_cache import resolve_model
+
+    folder = resolve_model(path)
+    return runnable(path) and any((folder / name).is_file() for name in TOKENIZER_FILES)
 
 
 def run_model_lenses(base: str | os.PathLike, ft: str | os.PathLike, data: str | os.PathLike | None,
