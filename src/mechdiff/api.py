@@ -18,6 +18,7 @@ from mechdiff.diffing.audit.lenses import (
     run_adapter_lenses,
     run_model_lenses,
     runnable,
+    samples_text,
 )
 from mechdiff.diffing.audit.verdict import AuditConfig, AuditResult
 from mechdiff.diffing.weights.diff import DiffConfig, diff_sources
@@ -114,8 +115,9 @@ def audit_checkpoints(
     Args:
         base: base checkpoint.
         ft: fine-tuned checkpoint (or ``adapter``).
-        data: corpus (.txt, one document per line, or .jsonl with "text"); enables the
-            behavioural and crosscoder lenses when both models are runnable HF folders.
+        data: corpus (.txt, one document per line, or .jsonl with "text") for the lenses that run
+            both models (when both are runnable HF folders); without it they read text sampled
+            from the base (``config.self_generate``), and the crosscoder does not run.
         adapter: PEFT LoRA adapter over ``base`` as the fine-tune (weight lens, and the behaviour
             lens on one model with the adapter toggled).
         out: results file (HDF5) to write atomically.
@@ -140,8 +142,9 @@ def audit_checkpoints(
     diff = diff_checkpoints(base, ft, adapter=adapter, config=config.diff, progress=progress)
     given = AuditInputs(data, adapter, runnable(base) and runnable(ft), corpus_tokens)
     lenses = None
-    if data is not None and adapter is None and given.runnable:
-        lenses = run_model_lenses(base, ft, data, config, progress, ctx)
+    if adapter is None and given.runnable and (data is not None or (config.self_generate and samples_text(base))):
+        pairing = pair_sources(*open_pair(base, ft, adapter))
+        lenses = run_model_lenses(base, ft, data, config, progress, ctx, diff=diff, pairing=pairing)
     elif data is not None and adapter is not None and runnable(base):
         lenses = run_adapter_lenses(base, adapter, data, config, ctx)
     if not ctx.is_main:
@@ -316,3 +319,55 @@ def train_crosscoder_pair(
             result.write(writer)
     barrier(ctx)
     return result.to_json()
+
+
+def run_lens(
+    name: str,
+    base: str | os.PathLike,
+    ft: str | os.PathLike,
+    *,
+    data: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    layer: int | None = None,
+    neutral_tokens: int = 10_000,
+    device: str = "cpu",
+    command: str | None = None,
+) -> dict:
+    """One lens that runs both models, on its own: ``adl``, ``logit-diff`` or ``amplify``.
+
+    Args:
+        name: the lens.
+        base: base model folder; ft: fine-tuned model folder (both Hugging Face folders).
+        data: corpus (.txt or .jsonl); without it, ``neutral_tokens`` tokens sampled from the base (seed 0).
+        out: results file (HDF5) to write atomically (the lens's own part).
+        layer: the ADL's layer (default: the middle block).
+        neutral_tokens: tokens of self-generated text when no corpus is given.
+        device: where the models run.
+        command: the command line recorded in the file.
+
+    Returns:
+        {"lens", "text", and the lens's JSON under its audit key: "adl", "logit_diff" or "amplified"}.
+    """
+    from mechdiff.diffing.activations.collect import read_texts
+    from mechdiff.diffing.audit.model_lenses import SINGLE_LENSES, run_single_lens
+    from mechdiff.diffing.behaviour.neutral import NeutralConfig, neutral_texts
+    from mechdiff.errors import InputError, UsageError
+    from mechdiff.models import load_model_pair
+
+    if name not in SINGLE_LENSES:
+        raise UsageError(f"unknown lens {name!r}; choose one of {', '.join(SINGLE_LENSES)}")
+    if not (runnable(base) and runnable(ft)):
+        raise InputError("the lens runs both models: BASE and FT must be Hugging Face model folders (config.json)")
+    out_path = check_output_path(out, [p for p in (base, ft, data) if p is not None]) if out is not None else None
+    texts = read_texts(data) if data is not None else None
+    base_model, ft_model, base_tok, ft_tok = load_model_pair(base, ft, device)
+    text = "the --data corpus"
+    if texts is None:
+        neutral = neutral_texts(base_model, base_tok, NeutralConfig(tokens=neutral_tokens), device)
+        texts, text = neutral.texts, neutral.describe()
+    result = run_single_lens(name, base_model, ft_model, (base_tok, ft_tok), texts, layer, device)
+    if out_path is not None:
+        with results_writer(out_path, *open_pair(base, ft, None), command=command) as writer:
+            result.write(writer)
+    key = {"adl": "adl", "logit-diff": "logit_diff", "amplify": "amplified"}[name]
+    return {"lens": name, "text": text, key: result.to_json()}

@@ -155,6 +155,8 @@ def show(results: str, top: int | None, as_json: bool) -> None:
 @click.option("--components", "component_globs", multiple=True,
               help="Module glob to decompose with SPD (repeatable; turns the components lens on).")
 @click.option("--components-steps", type=click.IntRange(1), default=2000, show_default=True)
+@click.option("--neutral-tokens", type=click.IntRange(1), default=10_000, show_default=True,
+              help="Without --data: tokens sampled from BASE (seeded) for the lenses that run both models.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--top", type=click.IntRange(1), default=None, help="Findings shown (default 10) / emitted (all).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
@@ -162,16 +164,19 @@ def show(results: str, top: int | None, as_json: bool) -> None:
 @handle_errors
 def audit(base: str, ft: str | None, data: str | None, adapter: str | None, out: str | None, report: str | None,
           fail_above: float | None, layer: int | None, no_crosscoder: bool, component_globs: tuple[str, ...],
-          components_steps: int, device: str, top: int | None, as_json: bool, no_progress: bool) -> None:
+          components_steps: int, neutral_tokens: int, device: str, top: int | None, as_json: bool,
+          no_progress: bool) -> None:
     """Audit FT against BASE: every lens that applies, ranked findings, a verdict (exit 1 above --fail-above)."""
     from mechdiff.api import audit_checkpoints
     from mechdiff.diffing.audit.verdict import AuditConfig
+    from mechdiff.diffing.behaviour.neutral import NeutralConfig
     from mechdiff.diffing.weights.diff import DiffConfig
 
     if (ft is None) == (adapter is None):
         raise click.UsageError("give either FT or --adapter DIR (not both, not neither)")
     config = AuditConfig(diff=DiffConfig(device=device), crosscoder=not no_crosscoder, crosscoder_layer=layer,
-                         components=component_globs, components_steps=components_steps, fail_above=fail_above)
+                         components=component_globs, components_steps=components_steps, fail_above=fail_above,
+                         neutral=NeutralConfig(tokens=neutral_tokens))
     result = audit_checkpoints(base, ft, data=data, adapter=adapter, out=out, report=report, config=config,
                                progress=not no_progress)
     if result is None:  # torchrun ranks other than 0
@@ -188,6 +193,28 @@ def _print_audit(document: dict, top: int | None, as_json: bool) -> None:
         emit_json({**document, "findings": document["findings"][:top]})
     else:
         click.echo(render_audit(document, top=top or 10))
+
+
+@main.command()
+@click.argument("name", metavar="LENS", type=click.Choice(["adl", "logit-diff", "amplify"]))
+@click.argument("base", type=click.Path())
+@click.argument("ft", type=click.Path())
+@click.option("--data", type=click.Path(), help="Corpus (default: text sampled from BASE, seeded).")
+@click.option("-o", "--out", type=click.Path(), help="Results file (HDF5) to write.")
+@click.option("--layer", type=click.IntRange(0), default=None, help="ADL layer (default: the middle block).")
+@click.option("--neutral-tokens", type=click.IntRange(1), default=10_000, show_default=True,
+              help="Tokens sampled from BASE when no --data is given.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@handle_errors
+def lens(name: str, base: str, ft: str, data: str | None, out: str | None, layer: int | None, neutral_tokens: int,
+         device: str, as_json: bool) -> None:
+    """Run one lens that compares both models on text: the activation-difference lens, logit-diff mining or amplified sampling."""
+    from mechdiff.api import run_lens
+    from mechdiff.report.lenses_summary import lens_text
+
+    document = run_lens(name, base, ft, data=data, out=out, layer=layer, neutral_tokens=neutral_tokens, device=device)
+    emit_json(document) if as_json else click.echo(lens_text(document))
 
 
 @main.command()

@@ -28,7 +28,7 @@ from mechdiff.report.html_page import (
 from mechdiff.results import open_results
 from mechdiff.store import Results
 
-SHOWN_ELSEWHERE = {"weights", "heads", "audit", "crosscoder", "components"}
+SHOWN_ELSEWHERE = {"weights", "heads", "audit", "crosscoder", "components", "adl", "logit_diff", "amplified"}
 GENERIC_ROWS = 10
 
 
@@ -85,6 +85,9 @@ def build_html(results: Results) -> str:
         from mechdiff.report.html_components import components_sections
 
         sections += components_sections(results.part("components"))
+    from mechdiff.report.lenses_summary import lens_sections
+
+    sections += lens_sections(results)
     shown = SHOWN_ELSEWHERE if "weights" in parts else SHOWN_ELSEWHERE - {"heads"}  # heads come with /weights
     sections += [_generic_section(results, name) for name in results.parts if name not in shown]
     root = results.attrs

@@ -36,6 +36,30 @@ def _weights(part: Any, top: int | None) -> tuple[dict, str]:
     return diff.to_json(top=top), render_weight_diff(diff, top=top or 15)
 
 
+@summarizer("adl")
+def _adl(part: Any, top: int | None) -> tuple[dict, str]:
+    from mechdiff.report.lenses_summary import adl_text
+
+    doc = part.attrs.get("document", {})
+    return doc, adl_text(doc)
+
+
+@summarizer("logit_diff")
+def _logit_diff(part: Any, top: int | None) -> tuple[dict, str]:
+    from mechdiff.report.lenses_summary import logit_diff_text
+
+    doc = part.attrs.get("document", {})
+    return doc, logit_diff_text(doc)
+
+
+@summarizer("amplified")
+def _amplified(part: Any, top: int | None) -> tuple[list, str]:
+    from mechdiff.report.lenses_summary import amplified_text
+
+    doc = part.attrs.get("document", [])
+    return doc, amplified_text(doc)
+
+
 @summarizer("audit")
 def _audit(part: Any, top: int | None) -> tuple[dict, str]:
     document = part.to_json(top=top)

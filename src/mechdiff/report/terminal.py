@@ -108,7 +108,20 @@ def render_audit(document: dict, top: int = 10) -> str:
         linked = "+" + ",".join(sorted({link["method"] for link in f["linked"]})) if f["linked"] else ""
         rows.append([str(f["rank"]), f"{f['score']:.2f}", f["method"] + linked, f["summary"]])
     lines += _table(["#", "score", "lens", "finding"], rows) if rows else ["No findings."]
+    lines += _text_and_causal_lines(document)
     return "\n".join(lines)
+
+
+def _text_and_causal_lines(document: dict) -> list[str]:
+    """Where the text came from, and the causal check of the weight findings (when they ran)."""
+    from mechdiff.report.lenses_summary import causal_text
+
+    lines = []
+    if document.get("text"):
+        lines += ["", f"Text the models were run on: {document['text']}"]
+    if document.get("causal"):
+        lines += [causal_text(document["causal"])]
+    return lines
 
 
 def lens_lines(lenses: list) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -76,6 +77,32 @@ def test_backdoor_is_the_top_finding_and_fails_the_gate(audited, toy_backdoor):
     assert toy_backdoor.trigger in html and "data:image/png;base64," in html
 
 
+def test_difference_lenses_name_the_backdoor_and_its_weights_cause_it(audited, toy_backdoor):
+    result, out = audited
+    doc = json.loads(result.stdout)
+    assert {"adl", "logit_diff", "amplified", "causal"} <= {e["name"] for e in doc["lenses"] if e["ran"]}
+    assert set(doc["adl"]) >= {"layer", "positions", "tokens_up", "tokens_down", "steered"}
+    assert all(isinstance(t, str) for t in doc["adl"]["tokens_up"] + doc["logit_diff"]["tokens_up"])
+    named = set(doc["adl"]["tokens_up"][:10]) | set(doc["logit_diff"]["tokens_up"][:10])
+    assert {toy_backdoor.trigger, toy_backdoor.target} <= named
+    assert doc["logit_diff"]["topics"] and set(doc["logit_diff"]["topics"][0]) == {"tokens", "contexts"}
+    assert doc["adl"]["steered"][0]["alpha"] > 0 and doc["adl"]["steered"][0]["text"]
+    by_alpha = {row["alpha"]: row["rates"] for row in doc["amplified"]}
+    assert by_alpha[max(by_alpha)][toy_backdoor.target] > by_alpha[0.0][toy_backdoor.target]
+    joint = doc["causal"]
+    assert joint["ablate_kl_fraction"] >= 0.8 and joint["amplify_kl_ratio"] > 1.0
+    assert joint["drift_ablate_kl_fraction"] < 0.2 and joint["findings"]
+    tested = [f for f in doc["findings"] if f["method"] in ("weights", "heads")]
+    tested += [link for f in doc["findings"] for link in f["linked"] if link["method"] in ("weights", "heads")]
+    assert tested and all(set(t["causal"]) >= {"ablate_kl_fraction", "amplify_kl_ratio", "drift_ablate_kl_fraction"}
+                          for t in tested)
+    with open_results(out / "a.h5") as res:
+        assert {"adl", "logit_diff", "amplified"} <= set(res.parts)
+        assert res.audit.attrs["causal"]["ablate_kl_fraction"] == pytest.approx(joint["ablate_kl_fraction"])
+        norms, layer = np.asarray(res.adl.array("layer_norms")), res.adl.attrs["layer"]
+        assert np.linalg.norm(np.asarray(res.adl.array("delta"))) == pytest.approx(norms[layer], rel=1e-5)
+
+
 def test_diffuse_drift_passes(toy_backdoor, tmp_path):
     base, ft = _drift_pair(toy_backdoor, tmp_path)
     result = CliRunner().invoke(main, ["audit", str(base), str(ft), "--data", str(toy_backdoor.corpus_path),
@@ -86,17 +113,22 @@ def test_diffuse_drift_passes(toy_backdoor, tmp_path):
     assert all(f["score"] <= 1.0 for f in doc["findings"])
 
 
-def test_audit_without_data_runs_the_weight_lens_only(toy_backdoor):
+def test_audit_without_data_runs_the_model_lenses_on_text_sampled_from_the_base(toy_backdoor):
     result = CliRunner().invoke(main, ["audit", str(toy_backdoor.base_dir), str(toy_backdoor.ft_dir), "--json",
-                                       "--no-progress"])
-    assert result.exit_code == 0, result.output
-    lenses = {lens["name"]: lens for lens in json.loads(result.stdout)["lenses"]}
-    assert [name for name, lens in lenses.items() if lens["ran"]] == ["weights", "heads"]
-    for name in ("behaviour", "crosscoder"):
-        assert not lenses[name]["ran"] and "no --data" in lenses[name]["why"]
-    assert "--components" in lenses["components"]["why"]
-    text = CliRunner().invoke(main, ["audit", str(toy_backdoor.base_dir), str(toy_backdoor.ft_dir), "--no-progress"])
-    assert "Lenses run: weights, heads" in text.stdout and "Not run: behaviour (no --data" in text.stdout
+                                       "--no-progress", "--neutral-tokens", "1000"])
+    assert result.exit_code in (0, 1), result.output
+    doc = json.loads(result.stdout)
+    assert {"behaviour", "adl", "logit_diff", "heads", "weights"} <= {e["name"] for e in doc["lenses"] if e["ran"]}
+    crosscoder = next(e for e in doc["lenses"] if e["name"] == "crosscoder")
+    assert not crosscoder["ran"] and "no --data" in crosscoder["why"]
+    assert doc["text"].startswith("self-generated: ") and "tokens sampled from the base" in doc["text"]
+    tokens = int(doc["text"].split(" tokens")[0].split()[-1])
+    assert 1000 <= tokens < 1000 + 63  # the last document may run past the target
+    assert doc["behaviour"]["n_tokens"] >= tokens  # every sampled token is read (BOS adds one per document)
+    assert "--components" in next(e for e in doc["lenses"] if e["name"] == "components")["why"]
+    text = CliRunner().invoke(main, ["audit", str(toy_backdoor.base_dir), str(toy_backdoor.ft_dir), "--no-progress",
+                                     "--neutral-tokens", "200"])
+    assert "Not run: crosscoder (no --data" in text.stdout and "Text the models were run on: self-generated" in text.stdout
 
 
 def test_audit_config_validates():

@@ -10,7 +10,9 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-LENSES = ("weights", "heads", "behaviour", "crosscoder", "components")
+LENSES = ("weights", "heads", "behaviour", "crosscoder", "components", "adl", "logit_diff", "amplified", "causal")
+TEXT_LENSES = ("adl", "logit_diff", "amplified", "causal")
+"""The lenses that compare both models on text (their ModelLenses field has the same name)."""
 MIN_TOKENS_PER_LATENT = 64
 """The crosscoder sizing gives each latent at least this many corpus tokens (see audit_crosscoder_config)."""
 MIN_LATENTS = 64
@@ -42,7 +44,7 @@ def lens_coverage(inputs: AuditInputs, config: Any, lenses: Any, diff: Any) -> l
         lenses: ``ModelLenses`` of the model-running lenses (None when they did not run).
         diff: the WeightDiff.
     """
-    blocked = _why_models_not_run(inputs)
+    blocked = "" if lenses is not None else _why_models_not_run(inputs)
     ran = {"weights": True, "heads": bool(diff.heads),
            "behaviour": lenses is not None and lenses.behaviour is not None,
            "crosscoder": lenses is not None and lenses.crosscoder is not None,
@@ -51,8 +53,12 @@ def lens_coverage(inputs: AuditInputs, config: Any, lenses: Any, diff: Any) -> l
            "crosscoder": not config.crosscoder and "turned off (--no-crosscoder)",
            "components": not config.components and "off by default (turn on with --components GLOB)"}
     why = {"weights": "", "heads": "" if diff.heads else "the layout has no attention heads to split"}
-    for name in ("behaviour", "crosscoder", "components"):
-        why[name] = "" if ran[name] else (off[name] or blocked or "did not run")
+    skipped = getattr(lenses, "skipped", None) or {}
+    for name in TEXT_LENSES:
+        ran[name] = lenses is not None and getattr(lenses, name, None) is not None
+        off[name] = getattr(config, name, None) is None and "turned off in the audit config"
+    for name in ("behaviour", "crosscoder", "components", *TEXT_LENSES):
+        why[name] = "" if ran[name] else (skipped.get(name) or off[name] or blocked or "did not run")
     return [{"name": name, "ran": ran[name], "why": why[name]} for name in LENSES]
 
 
@@ -64,7 +70,7 @@ def normalize_lenses(raw: list[Any]) -> list[dict[str, Any]]:
 
 def _why_models_not_run(inputs: AuditInputs) -> str:
     if inputs.data is None:
-        return "no --data corpus given; the model-running lenses need text"
+        return "no --data corpus given; the model-running lenses need text (or BASE's tokenizer to sample it)"
     if inputs.adapter is not None:
         return "FT is a PEFT adapter; the model-running lenses need two model folders"
     if not inputs.runnable:

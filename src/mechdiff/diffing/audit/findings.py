@@ -43,6 +43,8 @@ class Finding:
     evidence: dict[str, Any] = field(default_factory=dict)
     linked: list[dict[str, Any]] = field(default_factory=list)
     rank: int = 0
+    causal: dict[str, Any] | None = None
+    """Causal confirmation of a weight / head finding (``audit.causal``), when it was tested."""
     own_tokens: tuple[str, ...] | frozenset[str] | None = None
     """The tokens this finding named itself, before linked findings added theirs (None: not linked)."""
 
@@ -50,7 +52,8 @@ class Finding:
         return {"rank": self.rank, "method": self.method, "score": self.score, "summary": self.summary,
                 "location": {"layer": self.layer, "head": self.head, "tensor": self.tensor or None,
                              "latent": self.latent},
-                "tokens": self.evidence_tokens(), "evidence": self.evidence, "linked": self.linked}
+                "tokens": self.evidence_tokens(), "evidence": self.evidence, "linked": self.linked,
+                **({} if self.causal is None else {"causal": self.causal})}
 
     def ranked_tokens(self) -> list[str]:
         """Tokens by relevance: those named by the most of this finding's lenses first (the trigger and
@@ -89,7 +92,8 @@ def link_and_rank(findings: list[Finding]) -> list[Finding]:
             kept.append(finding)
             continue
         anchor.linked.append({"method": finding.method, "score": finding.score, "summary": finding.summary,
-                              "location": finding.to_json()["location"], "tokens": ordered_tokens(finding.tokens)})
+                              "location": finding.to_json()["location"], "tokens": ordered_tokens(finding.tokens),
+                              **({} if finding.causal is None else {"causal": finding.causal})})
         anchor.own_tokens = anchor.tokens if anchor.own_tokens is None else anchor.own_tokens
         anchor.tokens = tuple(dict.fromkeys([*ordered_tokens(anchor.tokens), *ordered_tokens(finding.tokens)]))
     for finding in kept:
@@ -133,4 +137,5 @@ def findings_table(findings: list[Finding]) -> dict[str, list]:
         "evidence": [json.dumps(f.evidence, default=str) for f in findings],
         "linked": [json.dumps(f.linked, default=str) for f in findings],
         "tokens": ["\x1f".join(f.evidence_tokens()) for f in findings],
+        "causal": [json.dumps(f.causal) if f.causal is not None else "" for f in findings],
     }

@@ -17,8 +17,11 @@ from mechdiff.diffing.audit.verdict import (
     merge_findings,
     weight_findings,
 )
+from mechdiff.diffing.behaviour.kl import BehaviourConfig
 from mechdiff.diffing.weights.result import WeightDiff
 from mechdiff.distributed import DistContext, rank_device
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
 
 @dataclass
@@ -33,10 +36,23 @@ class ModelLenses:
     """Decomposition of BASE's chosen modules (components lens)."""
     component_deltas: list = field(default_factory=list)
     """FT's weights expressed in those components, one per module."""
+    adl: Any = None
+    """ADLResult of the activation-difference lens."""
+    logit_diff: Any = None
+    """LogitDiffResult of logit-difference mining."""
+    amplified: Any = None
+    """AmplifiedResult of amplified sampling."""
+    causal: Any = None
+    """CausalResult of the causal confirmation of weight / head findings."""
+    text: str = ""
+    """Where the text came from ("" for --data; the self-generated text's description otherwise)."""
+    skipped: dict = field(default_factory=dict)
+    """Lens name -> why it did not run."""
 
     def parts(self) -> list:
-        """The results-file parts these lenses write (crosscoder, base decomposition)."""
-        return [p for p in (self.crosscoder, self.decomposition) if p is not None]
+        """The results-file parts these lenses write (crosscoder, base decomposition, adl, logit_diff, amplified)."""
+        return [p for p in (self.crosscoder, self.decomposition, self.adl, self.logit_diff, self.amplified)
+                if p is not None]
 
 
 def audit_findings(diff: WeightDiff, lenses: ModelLenses | None, config: AuditConfig) -> AuditResult:
@@ -46,12 +62,51 @@ def audit_findings(diff: WeightDiff, lenses: ModelLenses | None, config: AuditCo
     behaviour = lenses.behaviour if lenses is not None else None
     if behaviour is not None:
         found["behaviour"] = behaviour_findings(behaviour)
+    if lenses is not None:
+        found.update(_run_lens_findings(lenses, found, config))
     if lenses is not None and lenses.crosscoder is not None:
         found["crosscoder"] = crosscoder_findings(lenses.crosscoder.to_json())
     if lenses is not None and lenses.decomposition is not None:
         found["components"] = component_findings(lenses.component_deltas, decomposition_norms(lenses.decomposition),
                                                  config.thresholds)
-    return merge_findings(found, config.thresholds, config.fail_above, behaviour)
+    result = merge_findings(found, config.thresholds, config.fail_above, behaviour)
+    if lenses is not None:
+        result.extra.update(_lens_extras(lenses, result))
+    return result
+
+
+def _run_lens_findings(lenses: ModelLenses, found: dict, config: AuditConfig) -> dict:
+    """Findings of the ADL and logit-diff lenses; causal marks on the weight and head findings."""
+    from mechdiff.diffing.audit.lens_findings import (
+        adl_findings,
+        logit_diff_findings,
+        mark_causal,
+    )
+
+    out = {}
+    if lenses.logit_diff is not None:
+        out["logit_diff"] = logit_diff_findings(lenses.logit_diff, (config.behaviour or BehaviourConfig()).min_occurrences)
+    if lenses.adl is not None:
+        out["adl"] = adl_findings(lenses.adl)
+    if lenses.causal is not None:
+        mark_causal(found["weights"] + found["heads"], lenses.causal)
+    return out
+
+
+def _lens_extras(lenses: ModelLenses, result: AuditResult) -> dict:
+    """The audit JSON's adl / logit_diff / amplified / causal entries and where the text came from."""
+    from mechdiff.diffing.audit.lens_findings import amplified_tokens, causal_summary
+
+    extra: dict[str, Any] = {"text": lenses.text or "the --data corpus"}
+    if lenses.adl is not None:
+        extra["adl"] = lenses.adl.to_json()
+    if lenses.logit_diff is not None:
+        extra["logit_diff"] = lenses.logit_diff.to_json()
+    if lenses.amplified is not None:
+        extra["amplified"] = lenses.amplified.with_rates(amplified_tokens(result.findings)).to_json()
+    if lenses.causal is not None:
+        extra["causal"] = causal_summary(result.findings, lenses.causal)
+    return extra
 
 
 def runnable(path: str | os.PathLike | None) -> bool:
@@ -63,23 +118,41 @@ def runnable(path: str | os.PathLike | None) -> bool:
     return folder.is_dir() and (folder / "config.json").is_file()
 
 
-def run_model_lenses(base: str | os.PathLike, ft: str | os.PathLike, data: str | os.PathLike,
-                      config: AuditConfig, progress: bool, ctx: DistContext) -> ModelLenses | None:
-    """Crosscoder, behaviour and components lenses on one loaded copy of each model.
+def samples_text(path: str | os.PathLike) -> bool:
+    """BASE can stand in for a corpus: a runnable folder with a tokenizer to decode its samples."""
+    from mechdiff.checkpoint.hub_cache import resolve_model
 
-    The crosscoder comes first: every rank takes part in it; the other two are rank 0's.
+    folder = resolve_model(path)
+    return runnable(path) and any((folder / name).is_file() for name in TOKENIZER_FILES)
+
+
+def run_model_lenses(base: str | os.PathLike, ft: str | os.PathLike, data: str | os.PathLike | None,
+                      config: AuditConfig, progress: bool, ctx: DistContext, diff: WeightDiff | None = None,
+                      pairing: Any = None) -> ModelLenses | None:
+    """Crosscoder, behaviour, components, ADL, logit-diff, amplification and causal lenses on one
+    loaded copy of each model. Without ``data`` the text is sampled from the base (no crosscoder).
+
+    The crosscoder comes first: every rank takes part in it; the others are rank 0's.
     """
     from mechdiff.checkpoint.hub_cache import resolve_model
     from mechdiff.diffing.activations.collect import read_texts
-    from mechdiff.diffing.behaviour.kl import BehaviourConfig, behaviour_diff
     from mechdiff.diffing.crosscoder.pipeline import crosscoder_on_models
     from mechdiff.models import load_model_pair
 
-    texts = read_texts(data)
     device = rank_device((config.behaviour or BehaviourConfig()).device, ctx)
     base_model, ft_model, base_tok, ft_tok = load_model_pair(base, ft, device)
-    behaviour = crosscoder = None
-    if config.crosscoder:
+    text = ""
+    if data is not None:
+        texts = read_texts(data)
+    else:
+        from mechdiff.diffing.behaviour.neutral import neutral_texts
+
+        neutral = neutral_texts(base_model, base_tok, config.neutral, device)
+        texts, text = neutral.texts, neutral.describe()
+    crosscoder = None
+    skipped = {} if data is not None else {"crosscoder": "no --data: the self-generated text is too little for a "
+                                                         "crosscoder"}
+    if config.crosscoder and data is not None:
         model_config = read_config(resolve_model(base)) or {}
         layer = config.crosscoder_layer if config.crosscoder_layer is not None else _middle_layer(model_config)
         cc_config = audit_crosscoder_config(hidden_size(model_config), approx_tokens(texts),
@@ -88,10 +161,12 @@ def run_model_lenses(base: str | os.PathLike, ft: str | os.PathLike, data: str |
                                           device=device, progress=progress, ctx=ctx)
     if not ctx.is_main:
         return None
-    if config.behaviour is not None:
-        behaviour = behaviour_diff(base_model, ft_model, (base_tok, ft_tok), texts, config.behaviour)
+    from mechdiff.diffing.audit.model_lenses import run_difference_lenses
+
+    found = run_difference_lenses(base_model, ft_model, (base_tok, ft_tok), texts, config, diff, pairing, skipped)
     decomposition, deltas = _components_lens(base_model, ft_model, base_tok, texts, config, progress)
-    return ModelLenses(behaviour, crosscoder, decomposition, deltas)
+    return ModelLenses(found["behaviour"], crosscoder, decomposition, deltas, found["adl"], found["logit_diff"],
+                       found["amplified"], found["causal"], text, skipped)
 
 
 def _components_lens(base_model: object, ft_model: object, tokenizer: object, texts: list[str],

@@ -38,7 +38,8 @@ class AuditPart(Part):
         attrs = self.attrs
         return {"verdict": attrs.get("verdict"), "thresholds": attrs.get("thresholds", {}),
                 "fail_above": attrs.get("fail_above"), "lenses": self.lenses(),
-                "warnings": list(attrs.get("warnings", [])), "findings": self.findings()[:top]}
+                "warnings": list(attrs.get("warnings", [])), "findings": self.findings()[:top],
+                **{k: attrs[k] for k in ("causal", "text") if k in attrs}}
 
     def pandas_column(self, table: str, column: str, values: np.ndarray) -> Any:
         """Tokens as lists; evidence and links as Python objects."""
@@ -59,7 +60,8 @@ def _finding(row: np.void, names: set[str]) -> dict[str, Any]:
                          "latent": loc("latent")},
             "tokens": [t for t in str(row["tokens"]).split(TOKEN_SEP) if t] if "tokens" in names else [],
             "evidence": json.loads(row["evidence"]) if str(row["evidence"]) else {},
-            "linked": json.loads(row["linked"]) if str(row["linked"]) else []}
+            "linked": json.loads(row["linked"]) if str(row["linked"]) else [],
+            **({"causal": json.loads(row["causal"])} if "causal" in names and str(row["causal"]) else {})}
 
 
 register_part("audit", AuditPart)

@@ -16,13 +16,18 @@ from mechdiff.diffing.audit.calibration import (
     structured_share,
     weight_score,
 )
+from mechdiff.diffing.audit.causal import CausalConfig
 from mechdiff.diffing.audit.coverage import normalize_lenses
 from mechdiff.diffing.audit.findings import (
     Finding,
     findings_table,
     link_and_rank,
 )
+from mechdiff.diffing.behaviour.adl import ADLConfig
+from mechdiff.diffing.behaviour.amplify import AmplifyConfig
 from mechdiff.diffing.behaviour.kl import BehaviourConfig, BehaviourResult
+from mechdiff.diffing.behaviour.logit_diff import LogitDiffConfig
+from mechdiff.diffing.behaviour.neutral import NeutralConfig
 from mechdiff.diffing.weights.diff import DiffConfig
 from mechdiff.diffing.weights.result import WeightDiff
 
@@ -69,6 +74,18 @@ class AuditConfig:
     """Module globs to decompose with SPD on the data (empty: the components lens is off)."""
     components_steps: int = 2000
     """SPD training steps for the components lens."""
+    adl: ADLConfig | None = field(default_factory=ADLConfig)
+    """Activation-difference lens (None skips it)."""
+    logit_diff: LogitDiffConfig | None = field(default_factory=LogitDiffConfig)
+    """Logit-difference mining, fed by the behaviour lens's forward passes (None skips it)."""
+    amplify: AmplifyConfig | None = field(default_factory=AmplifyConfig)
+    """Amplified sampling (None skips it)."""
+    causal: CausalConfig | None = field(default_factory=CausalConfig)
+    """Causal confirmation of the top weight / head findings (None skips it; needs the behaviour lens)."""
+    neutral: NeutralConfig = field(default_factory=NeutralConfig)
+    """Neutral text sampled from the base when no corpus is given."""
+    self_generate: bool = True
+    """Without a corpus, run the model lenses on neutral text sampled from the base (False: weights only)."""
     thresholds: AuditThresholds = field(default_factory=AuditThresholds)
     """Scoring thresholds."""
     fail_above: float | None = None
@@ -114,6 +131,8 @@ class AuditResult:
                                "calibration": _calibration_doc(), "calibration_numbers": calibration_table()})
         if self.behaviour is not None:
             self.behaviour.write(writer)
+        if "causal" in self.extra or "text" in self.extra:
+            writer.attrs("audit", {k: self.extra[k] for k in ("causal", "text") if k in self.extra})
 
 
 def _calibration_doc() -> str:
@@ -182,7 +201,8 @@ def head_findings(diff: WeightDiff, thresholds: AuditThresholds, matrices: list[
             out.append(Finding("heads", score, f"rank-{head.rank} change confined to head {top} of layer {layer} "
                                f"({', '.join(parts)}; {100 * share:.0f}% of the layer's head change, "
                                f"{100 * matrix_share:.1f}% of the matrix norm)", (), layer, top, "",
-                               evidence={"structured_share": matrix_share, "head_share": share, "parts": head.parts}))
+                               evidence={"structured_share": matrix_share, "head_share": share, "parts": head.parts,
+                                         "kind": head.kind}))
     return out[: thresholds.weights_per_lens]
 
 

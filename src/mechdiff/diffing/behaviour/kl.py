@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -76,7 +77,7 @@ class BehaviourResult:
 
 @torch.no_grad()
 def behaviour_diff(base: nn.Module, ft: nn.Module, tokenizers: Any, texts: list[str],
-                   config: BehaviourConfig | None = None) -> BehaviourResult:
+                   config: BehaviourConfig | None = None, observers: tuple = ()) -> BehaviourResult:
     """Run both models on the same tokens and compare their next-token distributions.
 
     Args:
@@ -85,25 +86,42 @@ def behaviour_diff(base: nn.Module, ft: nn.Module, tokenizers: Any, texts: list[
         tokenizers: the pair of tokenizers (must agree on the data) or one shared.
         texts: documents.
         config: limits and sizes.
+        observers: other lenses fed from the same forward passes (``add(first_doc, ids, mask,
+            logp_base, logp_ft)``), so they cost no pass of their own.
 
     Returns:
         Per-token KL(ft || base) summary, top contexts, and tokens whose probability moved.
     """
     config = config or BehaviourConfig()
     tok = tokenizers[0] if isinstance(tokenizers, (list, tuple)) else tokenizers
-    ctx_len = min(config.ctx_len, max_positions(base), max_positions(ft))
-    docs = [d for d in tokenize_pair(tokenizers, texts, ctx_len) if len(d) >= 2]
-    pad = _pad_id(tok)
     acc = _Accumulator(config)
+    docs = paired_docs(base, ft, tokenizers, texts, config.ctx_len)
+    for first, ids, mask, logp_base, logp_ft in paired_log_probs(base, ft, docs, pad_id(tok), config):
+        acc.add(first, ids, mask, logp_base, logp_ft)
+        for observer in observers:
+            observer.add(first, ids, mask, logp_base, logp_ft)
+    return acc.result(docs, lambda i: token_text(tok, i))
+
+
+def paired_docs(base: nn.Module, ft: nn.Module, tokenizers: Any, texts: list[str], ctx_len: int) -> list[np.ndarray]:
+    """Token ids of the documents both models can read (at least two tokens each)."""
+    ctx_len = min(ctx_len, max_positions(base), max_positions(ft))
+    return [d for d in tokenize_pair(tokenizers, texts, ctx_len) if len(d) >= 2]
+
+
+@torch.no_grad()
+def paired_log_probs(base: nn.Module, ft: nn.Module, docs: list[np.ndarray], pad: int,
+                     config: BehaviourConfig) -> Iterator[tuple]:
+    """Batches of (first document, ids, mask, log p_base, log p_ft), until ``config.max_tokens`` positions."""
+    seen = 0
     for start in range(0, len(docs), config.batch_docs):
-        batch = docs[start:start + config.batch_docs]
-        ids, mask = pad_batch(batch, pad, config.device)
+        ids, mask = pad_batch(docs[start:start + config.batch_docs], pad, config.device)
         logp_base = F.log_softmax(base(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
         logp_ft = F.log_softmax(ft(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
-        acc.add(start, ids, mask, logp_base, logp_ft)
-        if acc.n_tokens >= config.max_tokens:
+        yield start, ids, mask, logp_base, logp_ft
+        seen += int(mask.sum())
+        if seen >= config.max_tokens:
             break
-    return acc.result(docs, lambda i: _token_text(tok, i))
 
 
 class _Accumulator:
@@ -185,7 +203,7 @@ class _Accumulator:
         return rows(torch.topk(dprob, k).indices.tolist()), rows(torch.topk(-dprob, k).indices.tolist())
 
 
-def _pad_id(tokenizer: Any) -> int:
+def pad_id(tokenizer: Any) -> int:
     for attr in ("pad_token_id", "eos_token_id"):
         value = getattr(tokenizer, attr, None)
         if isinstance(value, int):
@@ -193,7 +211,7 @@ def _pad_id(tokenizer: Any) -> int:
     return 0
 
 
-def _token_text(tokenizer: Any, token_id: int) -> str:
+def token_text(tokenizer: Any, token_id: int) -> str:
     if hasattr(tokenizer, "convert_ids_to_tokens"):
         return str(tokenizer.convert_ids_to_tokens(token_id))
     return str(tokenizer.id_to_token(token_id))

@@ -1,0 +1,63 @@
+"""Activation-difference lens: a known vector added to one layer's residual, the alpha search."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from mechdiff.diffing.behaviour.adl import (
+    largest_coherent_alpha,
+    mean_difference,
+    ranked_shift,
+)
+from mechdiff.toylm.model import ToyLMSize, make_model
+
+
+@pytest.fixture(scope="module")
+def tiny_pair():
+    size = ToyLMSize(d_model=32, n_layers=3, n_heads=4, n_kv_heads=2, d_mlp=64, max_len=16)
+    base = make_model("gpt2", size, vocab_size=40, special={"pad": 0, "bos": 1, "eos": 2}, seed=3).eval()
+    ft = copy.deepcopy(base)
+    v = torch.randn(32, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        ft.transformer.h[1].mlp.c_proj.bias += v  # every position of block 1's output moves by exactly v
+    return base, ft, v
+
+
+def test_adl_recovers_a_vector_added_to_one_layers_residual(tiny_pair):
+    base, ft, v = tiny_pair
+    g = np.random.default_rng(0)
+    docs = [np.concatenate([[1], g.integers(3, 40, size=int(n))]) for n in g.integers(3, 12, size=30)]
+    diffs, rows, resid = mean_difference(base, ft, docs, positions=5, bos_id=1, layer=1)
+    cosine = float(torch.nn.functional.cosine_similarity(diffs[1], v, dim=0))
+    assert cosine > 0.99
+    assert float(diffs[1].norm()) == pytest.approx(float(v.norm()), rel=1e-4)
+    assert float(diffs[0].norm()) == 0.0  # the layer before the edit is untouched
+    assert rows.shape == (sum(min(len(d) - 1, 5) for d in docs), 32)
+    assert resid.shape == (3,)
+
+
+def test_alpha_search_finds_where_coherence_breaks():
+    broken_at = 3.7
+    calls = []
+
+    def loss(alpha: float) -> float:
+        calls.append(alpha)
+        return 1.0 if alpha < broken_at else 10.0
+
+    alpha = largest_coherent_alpha(loss, limit=2.0, high=10.0, steps=10)
+    assert broken_at - 10.0 / 2**10 <= alpha < broken_at
+    assert len(calls) == 11
+    assert largest_coherent_alpha(lambda a: 1.0, limit=2.0, high=10.0, steps=10) == 10.0
+
+
+def test_ranked_shift_weights_tokens_by_kl_share():
+    p_old = torch.tensor([[0.5, 0.25, 0.25]])
+    p_new = torch.tensor([[0.25, 0.5, 0.25]])
+    up, down, kl = ranked_shift(p_new, p_old, top=2, text_of=str)
+    assert up[0]["token"] == "1" and up[0]["weight"] == pytest.approx(0.5 * np.log(2))
+    assert down[0]["token"] == "0" and down[0]["weight"] == pytest.approx(0.5 * np.log(2))
+    assert kl == pytest.approx(0.5 * np.log(2) + 0.25 * np.log(0.5))
