@@ -6,7 +6,7 @@ import datetime as _dt
 import os
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
@@ -20,6 +20,9 @@ from mechdiff.store.schema import (
     columns_to_structured,
     to_attr,
 )
+
+if TYPE_CHECKING:  # typing.Self is 3.11+; annotations are never evaluated (python_requires >= 3.10)
+    from typing import Self
 
 
 def temp_path_for(path: Path) -> Path:
@@ -79,7 +82,7 @@ class ResultsWriter:
             MAGIC_ATTR: SCHEMA_VERSION,
             "schema_version": SCHEMA_VERSION,
             "mechdiff_version": __version__,
-            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "command": command,
         }
         for name, value in (inputs or {}).items():
