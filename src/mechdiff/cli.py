@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -15,13 +16,28 @@ from mechdiff.errors import MechdiffError
 EXIT_USAGE, EXIT_INPUT, EXIT_INTERRUPTED = 2, 3, 130
 
 
-def _fail(message: str, code: int) -> None:
+def _fail(message: str, code: int, debug: bool = False) -> None:
+    if debug:
+        traceback.print_exc(file=sys.stderr)
     click.echo(f"mechdiff: error: {message}", err=True)
     sys.exit(code)
 
 
+class _Group(click.Group):
+    """The command group; ``--debug`` is accepted anywhere before ``--`` (after the subcommand too)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        end = args.index("--") if "--" in args else len(args)
+        if "--debug" in args[:end]:
+            args = ["--debug", *(a for a in args[:end] if a != "--debug"), *args[end:]]
+        return super().parse_args(ctx, args)
+
+
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn every failure into one line on stderr and the exit code DESIGN.md promises."""
+    """Turn every failure into one line on stderr and the exit code DESIGN.md promises.
+
+    ``--debug`` adds the traceback above that line; the exit code stays the same.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -31,21 +47,16 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise  # click's own usage errors keep exit code 2
         except MechdiffError as exc:
-            if debug:
-                raise
-            _fail(str(exc), exc.exit_code)
+            _fail(str(exc), exc.exit_code, debug)
         except KeyboardInterrupt:
-            _fail("interrupted; no results were written", EXIT_INTERRUPTED)
+            _fail("interrupted; no results were written", EXIT_INTERRUPTED, debug)
         except (OSError, MemoryError) as exc:
-            if debug:
-                raise
-            _fail(f"{type(exc).__name__}: {exc}", EXIT_INPUT)
-        except Exception as exc:  # a bug: still one line, the traceback behind --debug
+            _fail(f"{type(exc).__name__}: {exc}", EXIT_INPUT, debug)
+        except Exception as exc:  # noqa: BLE001 - a bug: still one line, the traceback behind --debug
             if _caused_by_interrupt(exc):  # Ctrl-C inside compiled code arrives wrapped
-                _fail("interrupted; no results were written", EXIT_INTERRUPTED)
-            if debug:
-                raise
-            _fail(f"internal error ({type(exc).__name__}: {exc}); rerun with --debug and report it", EXIT_INPUT)
+                _fail("interrupted; no results were written", EXIT_INTERRUPTED, debug)
+            _fail(f"internal error ({type(exc).__name__}: {exc}); rerun with --debug and report it", EXIT_INPUT,
+                  debug)
 
     return wrapper
 
@@ -71,7 +82,7 @@ def emit_json(document: dict) -> None:
     click.echo(json.dumps(document, indent=2, default=str))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
 @click.version_option(package_name="mechdiff")
 def main(debug: bool) -> None:
