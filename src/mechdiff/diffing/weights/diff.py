@@ -17,7 +17,13 @@ from mechdiff.checkpoint.sources import TORCH_DTYPES, TensorSource, read_tensor
 from mechdiff.diffing.weights.heads import HeadChange, HeadSlice, head_slices
 from mechdiff.diffing.weights.readout import ReadoutMatrices, Vocabulary
 from mechdiff.diffing.weights.result import TensorChange, WeightDiff
-from mechdiff.distributed import SINGLE, DistContext, gather_to_main, shard_by_size
+from mechdiff.distributed import (
+    SINGLE,
+    DistContext,
+    gather_to_main,
+    local_gpu,
+    shard_by_size,
+)
 from mechdiff.kernels import delta_stats
 from mechdiff.weightdecomp.spectral import (
     SpectralConfig,
@@ -64,12 +70,12 @@ class DiffConfig:
     def resolved_device(self, local_rank: int = 0) -> torch.device:
         """The torch device spectra run on (one GPU per rank under torchrun)."""
         if self.device == "auto":
-            return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+            return torch.device(f"cuda:{local_gpu(local_rank)}" if torch.cuda.is_available() else "cpu")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             from mechdiff.errors import UsageError
 
             raise UsageError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
-        return torch.device(f"cuda:{local_rank}" if self.device == "cuda" else self.device)
+        return torch.device(f"cuda:{local_gpu(local_rank)}" if self.device == "cuda" else self.device)
 
 
 def diff_sources(
