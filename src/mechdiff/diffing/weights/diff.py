@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from mechdiff.checkpoint.fingerprint import known_digests, note_read, remember_digests
 from mechdiff.checkpoint.layout import HeadGeometry, Layout, TensorInfo
 from mechdiff.checkpoint.pairing import Pairing, TensorPair, pair_sources
 from mechdiff.checkpoint.sources import TORCH_DTYPES, TensorSource, read_tensor
@@ -116,10 +117,16 @@ def diff_sources(
         local.append((index, _analyze_pair(b, f, pair, pairing.layout, readout, config, device, workspace)))
         if progress:
             progress(pair)
-    gathered = gather_to_main(ctx, local)
+    read = [pairing.pairs[i] for i in mine]
+    digests = (known_digests(base, [p.base_name for p in read]), known_digests(ft, [p.ft_name for p in read]))
+    gathered = gather_to_main(ctx, (local, digests))
     if gathered is None:
         return None
-    analyzed = [item for _, item in sorted((x for rank_items in gathered for x in rank_items), key=lambda x: x[0])]
+    for _, (base_digests, ft_digests) in gathered:  # rank 0 fingerprints the models without reading them again
+        remember_digests(base, base_digests)
+        remember_digests(ft, ft_digests)
+    ranked = sorted((x for rank_items, _ in gathered for x in rank_items), key=lambda x: x[0])
+    analyzed = [item for _, item in ranked]
     return _assemble(base, ft, pairing, analyzed, config, reader, workspace)
 
 
@@ -170,12 +177,23 @@ class PairReader:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="mechdiff-read")
         # the ft read runs beside the base read (file reads release the GIL): nothing else
         # runs during the reads, so the second core copies instead of waiting
-        ft_read = self._pool.submit(read_tensor, self._ft, pair.ft_name, self._buffers[1])
+        ft_read = self._pool.submit(_read_and_hash, self._ft, pair.ft_name, self._buffers[1])
         try:
-            b = read_tensor(self._base, pair.base_name, self._buffers[0])
+            b = _read_and_hash(self._base, pair.base_name, self._buffers[0])
         finally:
             f = ft_read.result()
         return _matched(b, f, pair)
+
+
+def _read_and_hash(source: TensorSource, name: str, buffer: np.ndarray) -> torch.Tensor:
+    """Read a tensor and take its bytes' digest for the source's fingerprint, in the reading thread.
+
+    Why here: the bytes are in cache right after the read, and the two reading threads
+    hash base and ft side by side (hashlib releases the GIL).
+    """
+    tensor = read_tensor(source, name, buffer)
+    note_read(source, name, tensor)
+    return tensor
 
 
 def _grown(buffer: np.ndarray, source: TensorSource, name: str) -> np.ndarray:
