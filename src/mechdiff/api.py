@@ -21,6 +21,7 @@ from mechdiff.diffing.audit.verdict import AuditConfig, AuditResult
 from mechdiff.diffing.weights.diff import DiffConfig, diff_sources
 from mechdiff.diffing.weights.result import WeightDiff
 from mechdiff.distributed import barrier, init_from_env, rank_device
+from mechdiff.needs import check_needs
 from mechdiff.progress import progress_bar
 from mechdiff.store import ResultsWriter, check_output_path
 
@@ -127,6 +128,8 @@ def audit_checkpoints(
     inputs = [p for p in (base, ft, adapter, data) if p is not None]
     out_path = check_output_path(out, inputs) if out is not None else None
     report_path = check_output_path(report, inputs) if report is not None else None
+    check_needs(models=data is not None and adapter is None and runnable(base) and runnable(ft),
+                report=report is not None)
     if data is not None:
         from mechdiff.diffing.activations.collect import read_texts
 
@@ -186,6 +189,7 @@ def decompose_model(
     from mechdiff.weightdecomp.spd.config import SPDConfig
 
     out_path = check_output_path(out, [p for p in (model, data) if p is not None]) if out is not None else None
+    check_needs(models=model is not None)
     changes = {k: v for k, v in (overrides or {}).items() if v is not None}
     if toy is not None:
         from mechdiff.weightdecomp.toys.recipes import TOY_CONFIGS, run_toy
@@ -246,6 +250,7 @@ def train_crosscoder_pair(
     from mechdiff.errors import UsageError
 
     out_path = check_output_path(out, [base, ft, data]) if out is not None else None
+    check_needs(models=True)
     model_config = read_config(Path(base)) or {}
     overrides = {k: v for k, v in (options or {}).items() if v is not None}
     try:

@@ -18,8 +18,10 @@ def run_demo(out_dir: str | os.PathLike, *, progress: bool = True) -> dict[str, 
         A JSON-able document: the audit, the planted trigger/target, and the file paths.
     """
     from mechdiff.api import audit_checkpoints
+    from mechdiff.needs import check_needs
     from mechdiff.toylm import build_pair
 
+    check_needs(models=True, report=True)  # before minutes of training, not after
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     pair = build_pair(out / "models", variant="backdoor", progress=progress, reuse=True)

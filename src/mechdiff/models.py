@@ -9,6 +9,7 @@ from typing import Any
 from torch import nn
 
 from mechdiff.errors import InputError
+from mechdiff.hf_tokenizer import check_tokenizer, load_tokenizer
 
 
 def load_causal_lm(model_dir: str | os.PathLike, device: str = "cpu") -> tuple[nn.Module, Any]:
@@ -26,18 +27,19 @@ def load_causal_lm(model_dir: str | os.PathLike, device: str = "cpu") -> tuple[n
     """
     try:
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise InputError("running models needs transformers: pip install 'mechdiff[hf]'") from exc
+        raise InputError("running models needs transformers: pip install transformers") from exc
     path = Path(model_dir)
     if not (path / "config.json").is_file():
         raise InputError(f"{model_dir} is not a Hugging Face model folder (no config.json)")
     try:
         model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, trust_remote_code=False,
                                                      dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+        tokenizer = load_tokenizer(path)
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot load the model or tokenizer in {model_dir}: {exc}") from exc
+    check_tokenizer(tokenizer, model.get_input_embeddings().weight.shape[0], model_dir)
     return model.to(device).eval(), tokenizer
 
 
