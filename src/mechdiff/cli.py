@@ -263,7 +263,12 @@ def decompose(model: str | None, toy: str | None, globs: tuple[str, ...], data: 
     document = decompose_model(model, toy=toy, module_globs=list(globs), data=data, out=out, seed=seed,
                                overrides={"n_components": components, "steps": steps}, progress=not no_progress,
                                checkpointing=checkpointing)
-    emit_json(document) if as_json else click.echo(json.dumps(document, indent=2, default=str))
+    if as_json:
+        emit_json(document)
+    else:
+        from mechdiff.report.decompose_text import format_decompose
+
+        click.echo(format_decompose(document))
 
 
 @main.command()

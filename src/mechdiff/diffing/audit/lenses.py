@@ -71,7 +71,7 @@ def run_model_lenses(base: str | os.PathLike, ft: str | os.PathLike, data: str |
 
     texts = read_texts(data)
     device = rank_device((config.behaviour or BehaviourConfig()).device, ctx)
-    base_model, ft_model, base_tok, ft_tok = load_model_pair(base, ft, device)
+    base_model, ft_model, base_tok, ft_tok = load_model_pair(base, ft, device, progress=progress)
     behaviour = crosscoder = None
     if config.crosscoder:
         model_config = read_config(Path(base)) or {}

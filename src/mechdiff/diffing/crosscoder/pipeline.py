@@ -189,7 +189,7 @@ def run_crosscoder(base_dir: str | Path, ft_dir: str | Path, data_file: str | Pa
         InputError: unreadable models or data, tokenizer mismatch, layer out of range.
     """
     texts = read_texts(data_file)
-    base, ft, base_tok, ft_tok = load_model_pair(base_dir, ft_dir, device)
+    base, ft, base_tok, ft_tok = load_model_pair(base_dir, ft_dir, device, progress=progress)
     return crosscoder_on_models(base, ft, (base_tok, ft_tok), texts, layer, config, site_kind=site_kind,
                                 activations=activations, device=device, top_n=top_n, checkpoint_dir=checkpoint_dir,
                                 checkpoint_every=checkpoint_every, resume=resume, progress=progress, ctx=ctx)

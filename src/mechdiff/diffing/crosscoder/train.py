@@ -34,6 +34,7 @@ from mechdiff.distributed import (
 )
 from mechdiff.errors import UsageError
 from mechdiff.kernels import sparse_decode
+from mechdiff.progress import new_bar
 
 RANK_SEED_STRIDE = 7919  # each rank streams its own share in its own seeded order
 
@@ -276,7 +277,7 @@ def train_crosscoder(
     end = config.steps if stop_after is None else min(config.steps, stop_after)
     batches = data.iter_batches(local_batch, config.seed + RANK_SEED_STRIDE * ctx.rank, start_step=state.step)
     module.train()
-    with tqdm(total=end, initial=state.step, unit="step", desc="crosscoder", disable=not (progress and ctx.is_main),
+    with new_bar(total=end, initial=state.step, unit="step", desc="crosscoder", disable=not (progress and ctx.is_main),
               file=sys.stderr) as bar:
         while state.step < end:
             stats = train_step(module, optimizer, module.normalize(next(batches)), state, config, ctx)
