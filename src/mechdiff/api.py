@@ -20,7 +20,7 @@ from mechdiff.diffing.audit.lenses import (
 from mechdiff.diffing.audit.verdict import AuditConfig, AuditResult
 from mechdiff.diffing.weights.diff import DiffConfig, diff_sources
 from mechdiff.diffing.weights.result import WeightDiff
-from mechdiff.distributed import barrier, init_from_env, rank_device
+from mechdiff.distributed import barrier, init_from_env, rank_device, resolve_device
 from mechdiff.needs import check_needs
 from mechdiff.progress import progress_bar
 from mechdiff.store import ResultsWriter, check_output_path
@@ -220,7 +220,8 @@ def train_crosscoder_pair(
     site: str = "resid",
     out: str | os.PathLike | None = None,
     options: dict | None = None,
-    device: str = "cpu",
+    device: str = "auto",
+    dtype: str = "float32",
     checkpoint_dir: str | os.PathLike | None = None,
     checkpoint_every: int = 0,
     resume: bool = False,
@@ -237,8 +238,10 @@ def train_crosscoder_pair(
         layer: block index whose output is read.
         site: "resid", "mlp" or "attn".
         out: results file (HDF5) to write atomically.
-        options: CrosscoderConfig fields (None values fall back to sizes fitted to model and corpus).
-        device: where the models run.
+        options: CrosscoderConfig fields (None values fall back to sizes fitted to model and corpus),
+            e.g. ``seed``.
+        device: where the models run and the crosscoder trains ("auto": a GPU when there is one).
+        dtype: dtype the models run in.
         checkpoint_dir, checkpoint_every, resume: checkpointing of long trainings.
         progress: progress bars on stderr.
 
@@ -257,8 +260,9 @@ def train_crosscoder_pair(
         config = audit_crosscoder_config(hidden_size(model_config), approx_tokens(read_texts(data)), overrides)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
+    device = resolve_device(device)
     ctx = init_from_env(device)
-    result = run_crosscoder(base, ft, data, layer, config, site_kind=site, device=rank_device(device, ctx),
+    result = run_crosscoder(base, ft, data, layer, config, site_kind=site, device=rank_device(device, ctx), dtype=dtype,
                             checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume,
                             progress=progress, ctx=ctx)
     if not ctx.is_main:

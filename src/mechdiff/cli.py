@@ -78,6 +78,19 @@ def checkpoint_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--checkpoint-dir", type=click.Path(), help="Save training checkpoints here.")(fn)
 
 
+DEVICES = click.Choice(["auto", "cpu", "cuda"])
+DTYPES = click.Choice(["float32", "bfloat16", "float16"])
+
+
+def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--device / --seed / --dtype, shared by the commands that run models or train."""
+    fn = click.option("--dtype", type=DTYPES, default="float32", show_default=True,
+                      help="dtype the models run in.")(fn)
+    fn = click.option("--seed", type=int, default=0, show_default=True, help="Seed of everything trained.")(fn)
+    return click.option("--device", type=DEVICES, default="auto", show_default=True,
+                        help="Where models run and training happens (auto: a GPU when there is one).")(fn)
+
+
 def emit_json(document: dict) -> None:
     click.echo(json.dumps(document, indent=2, default=str))
 
@@ -154,23 +167,23 @@ def show(results: str, top: int | None, as_json: bool) -> None:
 @click.option("--components", "component_globs", multiple=True,
               help="Module glob to decompose with SPD (repeatable; turns the components lens on).")
 @click.option("--components-steps", type=click.IntRange(1), default=2000, show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@model_options
 @click.option("--top", type=click.IntRange(1), default=None, help="Findings shown (default 10) / emitted (all).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 @handle_errors
 def audit(base: str, ft: str | None, data: str | None, adapter: str | None, out: str | None, report: str | None,
           fail_above: float | None, layer: int | None, no_crosscoder: bool, component_globs: tuple[str, ...],
-          components_steps: int, device: str, top: int | None, as_json: bool, no_progress: bool) -> None:
+          components_steps: int, device: str, seed: int, dtype: str, top: int | None, as_json: bool,
+          no_progress: bool) -> None:
     """Audit FT against BASE: every lens that applies, ranked findings, a verdict (exit 1 above --fail-above)."""
     from mechdiff.api import audit_checkpoints
-    from mechdiff.diffing.audit.verdict import AuditConfig
-    from mechdiff.diffing.weights.diff import DiffConfig
+    from mechdiff.diffing.audit.run_options import audit_config
 
     if (ft is None) == (adapter is None):
         raise click.UsageError("give either FT or --adapter DIR (not both, not neither)")
-    config = AuditConfig(diff=DiffConfig(device=device), crosscoder=not no_crosscoder, crosscoder_layer=layer,
-                         components=component_globs, components_steps=components_steps, fail_above=fail_above)
+    config = audit_config(device, seed=seed, dtype=dtype, crosscoder=not no_crosscoder, crosscoder_layer=layer,
+                          components=component_globs, components_steps=components_steps, fail_above=fail_above)
     result = audit_checkpoints(base, ft, data=data, adapter=adapter, out=out, report=report, config=config,
                                progress=not no_progress)
     if result is None:  # torchrun ranks other than 0
@@ -200,21 +213,22 @@ def _print_audit(document: dict, top: int | None, as_json: bool) -> None:
 @click.option("--k", type=click.IntRange(1), default=None, help="Active latents per token (BatchTopK).")
 @click.option("--sparsity", type=click.Choice(["batchtopk", "l1"]), default="batchtopk", show_default=True)
 @click.option("--tokens", type=click.IntRange(1), default=None, help="Training rows (token positions).")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@model_options
 @checkpoint_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 @handle_errors
 def crosscoder(base: str, ft: str, data: str, layer: int, site: str, out: str | None, dict_size: int | None,
-               k: int | None, sparsity: str, tokens: int | None, device: str, checkpoint_dir: str | None,
+               k: int | None, sparsity: str, tokens: int | None, device: str, seed: int, dtype: str,
+               checkpoint_dir: str | None,
                checkpoint_every: int, resume: bool, as_json: bool, no_progress: bool) -> None:
     """Train a crosscoder on paired activations of BASE and FT; classify latents as new / gone / shared."""
     from mechdiff.api import train_crosscoder_pair
 
     if resume and not checkpoint_dir:
         raise click.UsageError("--resume needs --checkpoint-dir")
-    options = {"dict_size": dict_size, "k": k, "sparsity": sparsity, "tokens": tokens}
-    summary = train_crosscoder_pair(base, ft, data, layer, site=site, out=out, options=options, device=device,
+    options = {"dict_size": dict_size, "k": k, "sparsity": sparsity, "tokens": tokens, "seed": seed}
+    summary = train_crosscoder_pair(base, ft, data, layer, site=site, out=out, options=options, device=device, dtype=dtype,
                                     checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
                                     resume=resume, progress=not no_progress)
     if summary is None:  # torchrun ranks other than 0
@@ -286,13 +300,16 @@ def report(results: str, out: str) -> None:
 
 @main.command()
 @click.option("-o", "--out", type=click.Path(), default="demo-out", show_default=True, help="Folder for everything.")
+@click.option("--device", type=DEVICES, default="auto", show_default=True,
+              help="Where the audit runs the models and trains (auto: a GPU when there is one).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the toy models' training and the audit.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @handle_errors
-def demo(out: str, as_json: bool) -> None:
+def demo(out: str, device: str, seed: int, as_json: bool) -> None:
     """Build a tiny model and a backdoored fine-tune, audit them, write results and a report."""
     from mechdiff.demo import run_demo
 
-    document = run_demo(out)
+    document = run_demo(out, device=device, seed=seed)
     if as_json:
         emit_json(document)
     else:

@@ -115,6 +115,17 @@ def _destroy_group() -> None:
         dist.destroy_process_group()
 
 
+def resolve_device(device: str) -> str:
+    """ "auto" -> "cuda" when a GPU is there, else "cpu"; "cuda" without a GPU is a usage error."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        from mechdiff.errors import UsageError
+
+        raise UsageError(f"--device {device} was asked for but no CUDA GPU is available; use --device cpu or auto")
+    return device
+
+
 def rank_device(device: str, ctx: DistContext) -> str:
     """The device this rank runs on: "cuda" means this rank's GPU under torchrun (see `local_gpu`)."""
     if ctx.active and device == "cuda":

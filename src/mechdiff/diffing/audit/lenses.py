@@ -71,13 +71,13 @@ def run_model_lenses(base: str | os.PathLike, ft: str | os.PathLike, data: str |
 
     texts = read_texts(data)
     device = rank_device((config.behaviour or BehaviourConfig()).device, ctx)
-    base_model, ft_model, base_tok, ft_tok = load_model_pair(base, ft, device, progress=progress)
+    base_model, ft_model, base_tok, ft_tok = load_model_pair(base, ft, device, progress=progress, dtype=config.dtype)
     behaviour = crosscoder = None
     if config.crosscoder:
         model_config = read_config(Path(base)) or {}
         layer = config.crosscoder_layer if config.crosscoder_layer is not None else _middle_layer(model_config)
         cc_config = audit_crosscoder_config(hidden_size(model_config), approx_tokens(texts),
-                                            config.crosscoder_options)
+                                            {"seed": config.seed, **config.crosscoder_options})
         crosscoder = crosscoder_on_models(base_model, ft_model, (base_tok, ft_tok), texts, layer, cc_config,
                                           device=device, progress=progress, ctx=ctx)
     if not ctx.is_main:
@@ -100,7 +100,7 @@ def _components_lens(base_model: object, ft_model: object, tokenizer: object, te
     from mechdiff.weightdecomp.spd.config import SPDConfig
     from mechdiff.weightdecomp.spd.hf import decompose_lm
 
-    spd_config = dataclasses.replace(SPDConfig(), steps=config.components_steps)
+    spd_config = dataclasses.replace(SPDConfig(), steps=config.components_steps, seed=config.seed)
     decomposition = decompose_lm(base_model, tokenizer, list(config.components), "\n".join(texts), spd_config,
                                  progress=progress)
     targets = find_targets(ft_model, list(config.components))

@@ -161,7 +161,7 @@ def run_crosscoder(base_dir: str | Path, ft_dir: str | Path, data_file: str | Pa
                    config: CrosscoderConfig | None = None, *, site_kind: str = "resid",
                    activations: ActivationConfig | None = None, device: str = "cpu", top_n: int = 10,
                    checkpoint_dir: str | Path | None = None, checkpoint_every: int = 0, resume: bool = False,
-                   progress: bool = True, ctx: DistContext = SINGLE) -> CrosscoderResult:
+                   progress: bool = True, ctx: DistContext = SINGLE, dtype: str = "float32") -> CrosscoderResult:
     """Train a crosscoder on paired activations of two local models and analyse its latents.
 
     Args:
@@ -172,7 +172,7 @@ def run_crosscoder(base_dir: str | Path, ft_dir: str | Path, data_file: str | Pa
         config: crosscoder configuration (default CrosscoderConfig()); ``config.tokens`` training rows.
         site_kind: 'resid' (block output), 'mlp' or 'attn'.
         activations: collection settings (default: up to config.tokens rows, memory or a temp cache).
-        device: where the models run (the crosscoder trains on CPU).
+        device: where the models run and the crosscoder trains.
         top_n: contexts kept per latent.
         checkpoint_dir: checkpoints for long runs; with resume=True training continues there.
         checkpoint_every: steps between checkpoints (0: only at the end).
@@ -189,7 +189,7 @@ def run_crosscoder(base_dir: str | Path, ft_dir: str | Path, data_file: str | Pa
         InputError: unreadable models or data, tokenizer mismatch, layer out of range.
     """
     texts = read_texts(data_file)
-    base, ft, base_tok, ft_tok = load_model_pair(base_dir, ft_dir, device, progress=progress)
+    base, ft, base_tok, ft_tok = load_model_pair(base_dir, ft_dir, device, progress=progress, dtype=dtype)
     return crosscoder_on_models(base, ft, (base_tok, ft_tok), texts, layer, config, site_kind=site_kind,
                                 activations=activations, device=device, top_n=top_n, checkpoint_dir=checkpoint_dir,
                                 checkpoint_every=checkpoint_every, resume=resume, progress=progress, ctx=ctx)
@@ -223,6 +223,6 @@ def crosscoder_on_models(base: Any, ft: Any, tokenizers: tuple[Any, Any], texts:
                                    progress=progress and ctx.is_main)
         data = globalize(data, doc_ids, act_config.scale_sample_rows, ctx)
         trained = train_crosscoder(data, config, checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
-                                   resume=resume, progress=progress, ctx=ctx)
+                                   resume=resume, progress=progress, ctx=ctx, device=device)
         return analyze_crosscoder(trained.module, data, config, site=site.describe(), decode=base_tok.decode,
                                   top_n=top_n, history=trained.state.history, progress=progress, ctx=ctx)

@@ -244,6 +244,7 @@ def train_crosscoder(
     progress: bool = True,
     on_step: Callable[[int, StepStats], None] | None = None,
     ctx: DistContext = SINGLE,
+    device: str = "cpu",
 ) -> TrainResult:
     """Train a crosscoder on paired activations.
 
@@ -260,6 +261,8 @@ def train_crosscoder(
         ctx: the distributed context: under torchrun each rank trains on its own share of
             the data with config.batch / world rows per step (see `train_step`); rank 0
             alone writes checkpoints, and every rank resumes from them.
+        device: where the crosscoder trains ("cpu", "cuda", "cuda:N"); batches are moved
+            there one at a time. The returned module is back on the CPU.
 
     Returns:
         The trained module and final state; the same seed, data and config give
@@ -267,12 +270,13 @@ def train_crosscoder(
     """
     local_batch = _local_batch(config.batch, ctx)
     torch.manual_seed(config.seed)
-    module = CrossCoder.from_config(config, data.n_models, data.d_model)
+    module = CrossCoder.from_config(config, data.n_models, data.d_model).to(device)  # init on CPU: same weights
     module.input_scale_M.copy_(data.scales)
     optimizer = make_optimizer(module, config)
     state = TrainState(rows_since_fired=torch.zeros(config.dict_size, dtype=torch.int64))
     if resume and checkpoint_dir is not None and latest_checkpoint(checkpoint_dir) is not None:
         state = load_checkpoint(latest_checkpoint(checkpoint_dir), module, optimizer, config)
+    state.rows_since_fired = state.rows_since_fired.to(device)
     broadcast_module(ctx, module)
     end = config.steps if stop_after is None else min(config.steps, stop_after)
     batches = data.iter_batches(local_batch, config.seed + RANK_SEED_STRIDE * ctx.rank, start_step=state.step)
@@ -280,7 +284,7 @@ def train_crosscoder(
     with new_bar(total=end, initial=state.step, unit="step", desc="crosscoder", disable=not (progress and ctx.is_main),
               file=sys.stderr) as bar:
         while state.step < end:
-            stats = train_step(module, optimizer, module.normalize(next(batches)), state, config, ctx)
+            stats = train_step(module, optimizer, module.normalize(next(batches).to(device)), state, config, ctx)
             _log(state, stats, log_every, bar)
             if on_step is not None:
                 on_step(state.step, stats)
@@ -289,7 +293,8 @@ def train_crosscoder(
     if checkpoint_dir is not None and (not checkpoint_every or state.step % checkpoint_every):
         _save(checkpoint_dir, module, optimizer, state, config, ctx)
     module.eval()
-    return TrainResult(module, state)
+    state.rows_since_fired = state.rows_since_fired.cpu()
+    return TrainResult(module.cpu(), state)
 
 
 def _local_batch(batch: int, ctx: DistContext) -> int:
