@@ -28,8 +28,8 @@ class LineBar(tqdm):
         if msg == "":  # tqdm clearing a finished bar: nothing to erase in a log
             return False
         now = self._time()  # tqdm's clock
-        if msg is None and now - self._last_line < LOG_EVERY_S:
-            return True
+        if msg is None and self._last_line and now - self._last_line < LOG_EVERY_S:
+            return True  # the first line goes out at once (as soon as tqdm's delay allows), then one per interval
         self._last_line, self._last_n = now, self.n
         self.fp.write((msg if msg is not None else str(self)).strip() + "\n")
         self.fp.flush()
@@ -57,7 +57,6 @@ def new_bar(iterable: Iterable | None = None, **kwargs: Any) -> tqdm:
     if is_terminal(kwargs["file"]):
         return tqdm(iterable, **kwargs)
     kwargs.pop("dynamic_ncols", None)
-    kwargs["mininterval"] = max(kwargs.get("mininterval", 0.1), LOG_EVERY_S)
     return LineBar(iterable, **kwargs)
 
 

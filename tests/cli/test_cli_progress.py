@@ -36,8 +36,9 @@ def test_a_bar_on_a_file_writes_whole_lines_every_few_seconds(monkeypatch):
     text = log.getvalue()
     lines = text.splitlines()
     assert "\r" not in text and "\x1b" not in text
-    # 20 s of work: a line at 5, 10, 15 and 20 s (one per LOG_EVERY_S), the last one the final count
-    assert len(lines) == 4
+    # 20 s of work: the first line once the 1 s delay is over, then one per LOG_EVERY_S (6, 11, 16 s),
+    # and the final count at close
+    assert len(lines) == 5 and "10.0/200" in lines[0] and "60.0/200" in lines[1]
     assert all(line.startswith("diff:") for line in lines) and "200/200" in lines[-1]
 
 
