@@ -89,12 +89,13 @@ def _time_dense(module: DenseCrossCoder, config: CrosscoderConfig, batches: list
         loss.backward()
         optimizer.step()
 
-    from mechdiff.diffing.crosscoder.train import lr_at
+    from mechdiff.diffing.crosscoder.train import lr_schedule
 
-    step(batches[0], lr_at(0, config))
+    lr_at = lr_schedule(config).at
+    step(batches[0], lr_at(0))
     start = time.perf_counter()
     for i, x in enumerate(batches[1:], start=1):
-        step(x, lr_at(i, config))
+        step(x, lr_at(i))
     return time.perf_counter() - start
 
 

@@ -1,7 +1,10 @@
 """The weight diff on a synthetic ~1B-parameter pair: time, peak memory and accuracy.
 
 Rows: ours vs load-both-state-dicts-whole, vs stream+norms (budget: ours <= 2x), vs full SVD
-of every delta (target >= 15x), and peak RSS of ours on the full pair and a 4x smaller one.
+of every delta (target >= 15x), vs torch.svd_lowrank of every delta with the same k (niter=2;
+its accuracy beside ours: singular values above the edge against the full SVD, and the noise
+level from the same tail formula on its values, at ours' rank), and peak RSS of ours on the
+full pair and a 4x smaller one.
 Each variant runs in its own subprocess (so peak RSS is its own) within this one run.
 """
 
@@ -41,6 +44,22 @@ def _accuracy(ours: dict, full: dict, truth: dict) -> dict:
             "ranks_match_planted": planted_ok}
 
 
+def _lowrank_accuracy(ours: dict, lowrank: dict, full: dict, truth: dict) -> dict:
+    """Errors of svd_lowrank's values above the edge (at ours' rank) and of its tail noise level."""
+    sv_err, sigma_err = 0.0, 0.0
+    for name, sv_full in full.items():
+        rank, low = ours["detail"][name]["rank"], lowrank["detail"][name]
+        for s_low, s_full in zip(low["sv"][:rank], sv_full[:rank]):
+            sv_err = max(sv_err, abs(s_low - s_full) / s_full)
+        true_sigma = truth[name].get("noise_sigma")
+        if true_sigma:
+            m, n = low["shape"]
+            tail = max(low["frob2"] - sum(s * s for s in low["sv"][:rank]), 0.0)
+            sigma = math.sqrt(tail / (m * n - rank * (m + n)))
+            sigma_err = max(sigma_err, abs(sigma - true_sigma) / true_sigma)
+    return {"lowrank_max_rel_err_sv_above_edge": sv_err, "lowrank_max_rel_err_noise_sigma": sigma_err}
+
+
 def run(quick: bool) -> list[dict]:
     spec = PairSpec(d=512, n_layers=4, n_heads=8, n_kv=4, ffn=1408, vocab=8000, shards=2) if quick else PairSpec()
     small = PairSpec(**{**spec.__dict__, "n_layers": max(1, spec.n_layers // 4)})
@@ -50,9 +69,9 @@ def run(quick: bool) -> list[dict]:
     # on-disk cache; users pay that once, so the rows time the second run and report the first
     first = _measure("ours", pair)
     ours = _measure("ours", pair)
-    rows = []
-    for mode in ("stream_norms", "load_whole", "full_svd"):
-        baseline = _measure(mode, pair)
+    rows, measured = [], {}
+    for mode in ("stream_norms", "load_whole", "full_svd", "lowrank"):
+        baseline = measured[mode] = _measure(mode, pair)
         row = {"name": f"diff {spec.n_params() / 1e9:.2f}B params", "baseline": mode,
                "baseline_s": baseline["seconds"], "ours_s": ours["seconds"],
                "ratio": baseline["seconds"] / ours["seconds"],
@@ -60,6 +79,9 @@ def run(quick: bool) -> list[dict]:
                "ours_first_run_s": round(first["seconds"], 2)}
         if mode == "full_svd":
             row |= _accuracy(ours, baseline["detail"], truth)
+        if mode == "lowrank":
+            row |= _accuracy(ours, measured["full_svd"]["detail"], truth)
+            row |= _lowrank_accuracy(ours, baseline, measured["full_svd"]["detail"], truth)
         rows.append(row)
     ours_small = _measure("ours", small_pair)
     largest_fp32_mb = max(math.prod(s) for s in spec.shapes().values()) * 4 / 2**20

@@ -7,8 +7,10 @@ times both with the device synchronized after each call (median of `REPEAT`).
 
 Rows:
 - gpu/delta_stats: fused statistics vs the torch sequence; and vs a device-to-device copy
-  of the same input bytes (ratio = fraction of copy bandwidth reached).
-- gpu/sparse_decode: CSR decode forward+backward vs dense f @ W_dec with autograd.
+  of the same input bytes (ratio = fraction of copy bandwidth reached; GB/s count the input
+  bytes read on both sides, writes not counted).
+- gpu/sparse_decode: CSR decode forward+backward vs the faster of torch embedding_bag and
+  dense f @ W_dec with autograd (see bench_kernels.decode_contenders).
 - gpu/topn: per-latent heaps vs sorting each chunk (with the kept state) by latent.
 - gpu/latent_scaling: per-latent sums vs torch index_add_ in float64.
 """
@@ -21,7 +23,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from bench_kernels import DecodeSizes, SortingTopN, csr_batch, torch_delta_sequence
+from bench_kernels import (
+    BYTES_COUNTED,
+    DecodeSizes,
+    SortingTopN,
+    csr_batch,
+    decode_contenders,
+    decode_row,
+    torch_delta_sequence,
+)
 from harness import make_row, time_alternating, time_call
 
 from mechdiff.kernels import (
@@ -100,36 +110,23 @@ def bench_delta_stats(sizes: GpuSizes, device: str = "cuda") -> list[dict]:
     check = {"agrees": exact and err < 1e-9, "max_rel_err_sums": err}
     return [make_row(name, "torch sequence on the GPU", torch_s, ours_s, device=card, **check),
             make_row(f"{name}/bandwidth", "device copy of the input bytes", copy_s, ours_s,
-                     device=card, ours_GBps=gbytes / ours_s, copy_GBps=2 * gbytes / copy_s)]
+                     device=card, ours_GBps=gbytes / ours_s, copy_GBps=gbytes / copy_s,
+                     bytes_counted=BYTES_COUNTED)]
 
 
 def bench_sparse_decode(sizes: GpuSizes, device: str = "cuda") -> dict:
     values, indices, offsets, W = (t.to(device) for t in csr_batch(sizes, seed=1))
     grad = torch.randn(sizes.batch, sizes.dim, device=device)
-    f_dense = torch.zeros(sizes.batch, sizes.n_latents, device=device)
-    f_dense.view(-1)[(torch.arange(sizes.batch, device=device).repeat_interleave(sizes.active)
-                      * sizes.n_latents + indices)] = values
-
-    def dense():
-        f, w = f_dense.clone().requires_grad_(), W.clone().requires_grad_()
-        (f @ w).backward(grad)
-        return f.grad, w.grad
-
-    def ours():
-        v, w = values.clone().requires_grad_(), W.clone().requires_grad_()
-        out = decode.sparse_decode(v, indices, offsets, w)
-        out.backward(grad)
-        return out, v.grad, w.grad
-
-    out, g_v, g_w = ours()
+    v, w = values.clone().requires_grad_(), W.clone().requires_grad_()
+    out = decode.sparse_decode(v, indices, offsets, w)
+    out.backward(grad)
     want_out = decode.decode_forward_reference(values, indices, offsets, W)
     want_gv, want_gw = decode.decode_backward_reference(grad, values, indices, offsets, W)
-    err = max(_rel_err(out, want_out), _rel_err(g_v, want_gv), _rel_err(g_w, want_gw))
-    dense_s = time_call(synced(dense, device), repeat=REPEAT, warmup=2)
-    ours_s = time_call(synced(ours, device), repeat=REPEAT, warmup=2)
-    return make_row(f"gpu/sparse_decode/fwd+bwd/B{sizes.batch}", "dense f @ W_dec, autograd, GPU",
-                    dense_s, ours_s, device=_device_name(device), agrees=err < 1e-5,
-                    max_rel_err=err, dict_size=sizes.n_latents, d=sizes.dim, active=sizes.active)
+    err = max(_rel_err(out, want_out), _rel_err(v.grad, want_gv), _rel_err(w.grad, want_gw))
+    contenders = decode_contenders(values, indices, offsets, W, grad, sizes.n_latents)
+    return decode_row(f"gpu/sparse_decode/fwd+bwd/B{sizes.batch}", contenders, REPEAT,
+                      wrap=lambda fn: synced(fn, device), device=_device_name(device), agrees=err < 1e-5,
+                      max_rel_err=err, dict_size=sizes.n_latents, d=sizes.dim, active=sizes.active)
 
 
 def bench_topn(sizes: GpuSizes, device: str = "cuda") -> dict:

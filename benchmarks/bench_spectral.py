@@ -13,7 +13,12 @@ includes values that a plain sketch resolves badly. Per shape:
   planted 1 and against the DESIGN.md tail estimate computed from the full SVD;
 - no_flip_s / ratio_no_flip: the same analysis with SpectralConfig(signflip=False);
 - lowrank_bulk_bias: mean s_i(torch.svd_lowrank, niter=2) / s_i(full) - 1 over the bulk
-  values i = 5..k, the bias our noise level must not (and does not) inherit.
+  values i = 5..k, the bias our noise level must not (and does not) inherit;
+- lowrank_s / ratio_vs_lowrank / lowrank_max_rel_err / lowrank_sigma_err: torch.svd_lowrank
+  with the same k (niter=2, what a user would call instead), its time and the accuracy of
+  its values above the cut and of the noise level from the same tail formula on its values
+  (sigma^2 = (||D||^2 - sum of the top squares) / (mn - r(m+n))), so the ratio says what
+  our extra work buys.
 
 The model row sums the per-shape times with the shape counts of a ~1B-parameter
 Llama-style model (d=2048, GQA k/v 512, MLP 8192, 16 layers, 32000x2048 embedding), or a
@@ -67,7 +72,7 @@ def _run(quick: bool) -> list[dict]:
     torch.manual_seed(0)
     model = MODEL_QUICK if quick else MODEL_1B
     config = SpectralConfig()
-    rows, totals = [], {"full": 0.0, "ours": 0.0, "norms": 0.0, "no_flip": 0.0}
+    rows, totals = [], {"full": 0.0, "ours": 0.0, "norms": 0.0, "no_flip": 0.0, "lowrank": 0.0}
     for shape, count in model:
         row = _shape_row(shape, config, quick)
         rows.append(row)
@@ -75,13 +80,22 @@ def _run(quick: bool) -> list[dict]:
         totals["ours"] += count * row["ours_s"]
         totals["norms"] += count * row["norms_s"]
         totals["no_flip"] += count * row["no_flip_s"]
+        totals["lowrank"] += count * row["lowrank_s"]
     params = sum(m * n * c for (m, n), c in model)
+    shape_rows = list(rows)
     rows.append(make_row(f"spectral/model-{params / 1e9:.2f}B-params (sum of shapes)",
                          "full SVD of every matrix", totals["full"], totals["ours"],
                          norms_s=totals["norms"],
                          ours_over_norms=(totals["norms"] + totals["ours"]) / totals["norms"],
                          ratio_no_flip=totals["full"] / totals["no_flip"],
                          threads=torch.get_num_threads(),
+                         load_avg=round(os.getloadavg()[0], 1)))
+    rows.append(make_row(f"spectral/model-{params / 1e9:.2f}B-params vs svd_lowrank",
+                         f"torch.svd_lowrank(q={config.k}, niter=2) of every matrix", totals["lowrank"],
+                         totals["ours"], ours_max_rel_err=max(r["max_rel_err"] for r in shape_rows),
+                         lowrank_max_rel_err=max(r["lowrank_max_rel_err"] for r in shape_rows),
+                         ours_sigma_err=max(abs(r["sigma_err"]) for r in shape_rows),
+                         lowrank_sigma_err=max(abs(r["lowrank_sigma_err"]) for r in shape_rows),
                          load_avg=round(os.getloadavg()[0], 1)))
     shape = model[3][0] if quick else (2048, 8192)
     rows.append(_config_row(shape))
@@ -115,12 +129,15 @@ def _shape_row(shape: tuple[int, int], config: SpectralConfig, quick: bool) -> d
         "norms": lambda: _stream_norms(base, ft),
         "ours": lambda: analyze_delta(D, base_norm=1.0, config=config, frob2=frob2),
         "no_flip": lambda: analyze_delta(D, base_norm=1.0, config=no_flip, frob2=frob2),
+        "lowrank": lambda: torch.svd_lowrank(D, q=min(config.k, m, n), niter=2),
     }, rounds=3 if quick else 2, cold=("full",))
     full_s, norms_s, ours_s = times["full"], times["norms"], times["ours"]
     spec = analyze_delta(D, base_norm=1.0, config=config, frob2=frob2)
     rank = spec.rank
     tail = float(np.sum(exact[rank:].astype(np.float64) ** 2))
     sigma_full = math.sqrt(tail / (m * n - rank * (m + n)))
+    low = torch.svd_lowrank(D, q=min(config.k, m, n), niter=2)[1].double().numpy()
+    sigma_low = math.sqrt(max(frob2 - float(np.sum(low[:rank] ** 2)), 0.0) / (m * n - rank * (m + n)))
     return make_row(
         f"spectral/{m}x{n}", "torch.linalg.svdvals (full SVD)", full_s, ours_s,
         rank=rank, planted_rank=len(SPIKES_OVER_EDGE),
@@ -128,7 +145,9 @@ def _shape_row(shape: tuple[int, int], config: SpectralConfig, quick: bool) -> d
         sigma_err=spec.noise_sigma - 1.0, sigma_err_full=spec.noise_sigma / sigma_full - 1,
         lowrank_bulk_bias=_lowrank_bias(D, exact, config.k), norms_s=norms_s,
         ours_over_norms=(norms_s + ours_s) / norms_s, no_flip_s=times["no_flip"],
-        ratio_no_flip=full_s / times["no_flip"])
+        ratio_no_flip=full_s / times["no_flip"], lowrank_s=times["lowrank"],
+        ratio_vs_lowrank=times["lowrank"] / ours_s, lowrank_max_rel_err=_max_rel_err(low[:rank], exact),
+        lowrank_sigma_err=sigma_low - 1.0)
 
 
 def _signflip_row(shape: tuple[int, int]) -> dict:

@@ -3,7 +3,8 @@
 Usage: python diff_worker.py MODE BASE FT OUT_JSON
 MODE: ours (mechdiff's streaming diff), stream_norms (stream both checkpoints, per-tensor
 norms in plain torch), load_whole (load both state dicts whole, then the same norms),
-full_svd (torch.linalg.svdvals of every delta).
+full_svd (torch.linalg.svdvals of every delta), lowrank (torch.svd_lowrank of every delta
+with the same k as ours, niter=2, plus the delta's squared Frobenius norm for a noise level).
 """
 
 from __future__ import annotations
@@ -44,16 +45,27 @@ def _load_whole(base: str, ft: str) -> dict:
             for n in sb}
 
 
-def _full_svd(base: str, ft: str) -> dict:
+def _matrix_deltas(base: str, ft: str):
+    """(name, fp32 delta) of every aligned 2-D pair, streamed."""
     from mechdiff.checkpoint import open_source, pair_sources
 
     b, f = open_source(base), open_source(ft)
-    out = {}
     for pair in pair_sources(b, f).pairs:
-        if len(pair.base_shape) != 2:
-            continue
-        d = f.get(pair.ft_name).float() - b.get(pair.base_name).float()
-        out[pair.name] = torch.linalg.svdvals(d).numpy().astype(np.float64).tolist()
+        if len(pair.base_shape) == 2:
+            yield pair.name, f.get(pair.ft_name).float() - b.get(pair.base_name).float()
+
+
+def _full_svd(base: str, ft: str) -> dict:
+    return {name: torch.linalg.svdvals(d).numpy().astype(np.float64).tolist() for name, d in _matrix_deltas(base, ft)}
+
+
+def _lowrank(base: str, ft: str) -> dict:
+    from mechdiff.weightdecomp.spectral import SpectralConfig
+
+    k, out = SpectralConfig().k, {}
+    for name, d in _matrix_deltas(base, ft):
+        _, s, _ = torch.svd_lowrank(d, q=min(k, *d.shape), niter=2)
+        out[name] = {"sv": s.double().tolist(), "frob2": float(d.double().square().sum()), "shape": list(d.shape)}
     return out
 
 
@@ -82,7 +94,8 @@ def main() -> None:
     mode, base, ft, out = sys.argv[1:5]
     torch.set_num_threads(torch.get_num_threads())
     start = time.perf_counter()
-    detail = {"ours": _ours, "stream_norms": _stream_norms, "load_whole": _load_whole, "full_svd": _full_svd}[mode](base, ft)
+    detail = {"ours": _ours, "stream_norms": _stream_norms, "load_whole": _load_whole, "full_svd": _full_svd,
+              "lowrank": _lowrank}[mode](base, ft)
     seconds = time.perf_counter() - start
     peak_mb = _peak_rss_mb()
     Path(out).write_text(json.dumps({"mode": mode, "seconds": seconds, "peak_rss_mb": peak_mb, "detail": detail}))

@@ -69,11 +69,30 @@ def make_row(name: str, baseline: str, baseline_s: float, ours_s: float, **extra
             "ours_s": ours_s, "ratio": ratio, **extra}
 
 
+def target_row(name: str, ours_s: float, target_s: float, target: str, **extra: object) -> dict:
+    """A row timed against a fixed budget: a target, not a measured baseline, so no ratio.
+
+    Args:
+        name: what is measured.
+        ours_s: seconds we took.
+        target_s: the budget in seconds.
+        target: where the budget comes from, in words.
+        **extra: optional fields printed after the (empty) ratio.
+    """
+    return {"name": name, "baseline": f"none; target: {target} ({target_s:.0f} s)", "baseline_s": None,
+            "ours_s": ours_s, "ratio": None, "target_s": target_s, "within_target": ours_s <= target_s, **extra}
+
+
 def validate_row(row: dict, module: str) -> dict:
-    """Check that a row carries the contract keys; fill `ratio` when it is missing."""
+    """Check that a row carries the contract keys; fill `ratio` when it is missing.
+
+    A row without a measured baseline (``baseline_s`` None, see :func:`target_row`) has no ratio.
+    """
     missing = [k for k in REQUIRED_KEYS if k not in row and k != "ratio"]
     if missing:
         raise ValueError(f"{module}: benchmark row {row!r} lacks {missing}")
+    if row["baseline_s"] is None:
+        return {**row, "ratio": None}
     if "ratio" not in row:
         row = {**row, "ratio": row["baseline_s"] / row["ours_s"]}
     return row
@@ -113,8 +132,9 @@ def format_table(rows: list[dict]) -> str:
     lines = [[*header, "extra"]]
     for row in rows:
         extra = ", ".join(f"{k}={_fmt(v)}" for k, v in row.items() if k not in header)
-        lines.append([str(row["name"]), str(row["baseline"]), f"{row['baseline_s']:.4g}",
-                      f"{row['ours_s']:.4g}", f"{row['ratio']:.2f}x", extra])
+        measured = row["baseline_s"] is not None and row["ratio"] is not None
+        lines.append([str(row["name"]), str(row["baseline"]), f"{row['baseline_s']:.4g}" if measured else "-",
+                      f"{row['ours_s']:.4g}", f"{row['ratio']:.2f}x" if measured else "-", extra])
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     out = []
     for line in lines:

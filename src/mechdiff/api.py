@@ -9,11 +9,13 @@ from pathlib import Path
 
 from mechdiff.checkpoint import LoraSource, open_source, pair_sources
 from mechdiff.checkpoint.sources import TensorSource, read_config
+from mechdiff.diffing.audit.coverage import AuditInputs, audit_warnings, lens_coverage
 from mechdiff.diffing.audit.lenses import (
     approx_tokens,
     audit_crosscoder_config,
     audit_findings,
     hidden_size,
+    run_adapter_lenses,
     run_model_lenses,
     runnable,
 )
@@ -24,6 +26,7 @@ from mechdiff.distributed import barrier, init_from_env, rank_device, resolve_de
 from mechdiff.needs import check_needs
 from mechdiff.progress import progress_bar
 from mechdiff.store import ResultsWriter, check_output_path
+from mechdiff.training import Checkpointing
 
 
 def open_pair(base: str | os.PathLike, ft: str | os.PathLike | None, adapter: str | os.PathLike | None) -> tuple[TensorSource, TensorSource]:
@@ -114,7 +117,8 @@ def audit_checkpoints(
         ft: fine-tuned checkpoint (or ``adapter``).
         data: corpus (.txt, one document per line, or .jsonl with "text"); enables the
             behavioural and crosscoder lenses when both models are runnable HF folders.
-        adapter: PEFT LoRA adapter over ``base`` as the fine-tune (weight lens only).
+        adapter: PEFT LoRA adapter over ``base`` as the fine-tune (weight lens, and the behaviour
+            lens on one model with the adapter toggled).
         out: results file (HDF5) to write atomically.
         report: HTML report to write.
         config: lens settings and thresholds.
@@ -128,20 +132,25 @@ def audit_checkpoints(
     inputs = [p for p in (base, ft, adapter, data) if p is not None]
     out_path = check_output_path(out, inputs) if out is not None else None
     report_path = check_output_path(report, inputs) if report is not None else None
-    check_needs(models=data is not None and adapter is None and runnable(base) and runnable(ft),
+    check_needs(models=data is not None and runnable(base) and (adapter is not None or runnable(ft)),
                 report=report is not None)
+    corpus_tokens = 0
     if data is not None:
         from mechdiff.diffing.activations.collect import read_texts
 
-        read_texts(data)  # fail on a bad corpus before the heavy work
+        corpus_tokens = approx_tokens(read_texts(data))  # fails on a bad corpus before the heavy work
     ctx = init_from_env(config.diff.resolved_device().type)
     diff = diff_checkpoints(base, ft, adapter=adapter, config=config.diff, progress=progress)
+    given = AuditInputs(data, adapter, runnable(base) and runnable(ft), corpus_tokens)
     lenses = None
-    if data is not None and adapter is None and runnable(base) and runnable(ft):
+    if data is not None and adapter is None and given.runnable:
         lenses = run_model_lenses(base, ft, data, config, progress, ctx)
+    elif data is not None and adapter is not None and runnable(base):
+        lenses = run_adapter_lenses(base, adapter, data, config, ctx)
     if not ctx.is_main:
         return None
     result = audit_findings(diff, lenses, config)
+    result.lenses, result.warnings = lens_coverage(given, config, lenses, diff), audit_warnings(given, lenses)
     if out_path is not None or report_path is not None:
         out_path = out_path or Path(str(report_path) + ".h5")
         parts = [diff, *(lenses.parts() if lenses is not None else []), result]
@@ -165,7 +174,7 @@ def decompose_model(
     seed: int = 0,
     overrides: dict | None = None,
     progress: bool = True,
-    checkpointing: object | None = None,
+    checkpointing: Checkpointing | None = None,
 ) -> dict:
     """Stochastic parameter decomposition of a local HF model's modules, or of a toy model.
 
@@ -179,7 +188,7 @@ def decompose_model(
         seed: random seed.
         overrides: SPDConfig fields to change (None values are ignored).
         progress: progress bars on stderr.
-        checkpointing: ``spd_checkpoint.Checkpointing`` to save / resume a long run.
+        checkpointing: save / resume a long run (``mechdiff.training.Checkpointing``).
 
     Returns:
         A JSON-able summary (toy: the ground-truth metrics).
@@ -196,18 +205,17 @@ def decompose_model(
 
         config = dataclasses.replace(TOY_CONFIGS[toy], seed=seed, **changes)
         report = run_toy(toy, config, seed=seed, progress=progress, checkpointing=checkpointing)
-        decomposition, document = report.decomposition, report.to_json()
+        part, document = report, report.to_json()
     else:
         from mechdiff.weightdecomp.spd.hf import decompose_hf
 
         config = dataclasses.replace(SPDConfig(), seed=seed, **changes)
-        decomposition = decompose_hf(model, module_globs or [], data, config, progress=progress,
-                                     checkpointing=checkpointing)
-        document = {"modules": list(decomposition.modules), "n_alive": decomposition.n_alive(),
-                    "config": decomposition.config.to_dict()}
+        part = decompose_hf(model, module_globs or [], data, config, progress=progress,
+                            checkpointing=checkpointing)
+        document = {"modules": list(part.modules), "n_alive": part.n_alive(), "config": part.config.to_dict()}
     if out_path is not None:
         with results_writer(out_path, inputs={"model": str(model or f"toy:{toy}")}) as writer:
-            decomposition.write(writer)
+            part.write(writer)
     return document
 
 
@@ -222,9 +230,7 @@ def train_crosscoder_pair(
     options: dict | None = None,
     device: str = "auto",
     dtype: str = "float32",
-    checkpoint_dir: str | os.PathLike | None = None,
-    checkpoint_every: int = 0,
-    resume: bool = False,
+    checkpointing: Checkpointing | None = None,
     progress: bool = True,
 ) -> dict | None:
     """Crosscoder on paired activations of two local HF models, written to a results file.
@@ -242,7 +248,7 @@ def train_crosscoder_pair(
             e.g. ``seed``.
         device: where the models run and the crosscoder trains ("auto": a GPU when there is one).
         dtype: dtype the models run in.
-        checkpoint_dir, checkpoint_every, resume: checkpointing of long trainings.
+        checkpointing: save / resume a long training (``mechdiff.training.Checkpointing``).
         progress: progress bars on stderr.
 
     Returns:
@@ -263,8 +269,7 @@ def train_crosscoder_pair(
     device = resolve_device(device)
     ctx = init_from_env(device)
     result = run_crosscoder(base, ft, data, layer, config, site_kind=site, device=rank_device(device, ctx), dtype=dtype,
-                            checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume,
-                            progress=progress, ctx=ctx)
+                            checkpointing=checkpointing, progress=progress, ctx=ctx)
     if not ctx.is_main:
         barrier(ctx)
         return None

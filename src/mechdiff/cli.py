@@ -7,6 +7,7 @@ import json
 import sys
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -89,6 +90,17 @@ def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     fn = click.option("--seed", type=int, default=0, show_default=True, help="Seed of everything trained.")(fn)
     return click.option("--device", type=DEVICES, default="auto", show_default=True,
                         help="Where models run and training happens (auto: a GPU when there is one).")(fn)
+
+
+def make_checkpointing(checkpoint_dir: str | None, checkpoint_every: int, resume: bool) -> Any:
+    """The Checkpointing of --checkpoint-dir / --checkpoint-every / --resume (None without a directory)."""
+    if resume and not checkpoint_dir:
+        raise click.UsageError("--resume needs --checkpoint-dir")
+    if not checkpoint_dir:
+        return None
+    from mechdiff.training import Checkpointing
+
+    return Checkpointing(Path(checkpoint_dir), every=checkpoint_every, resume=resume)
 
 
 def emit_json(document: dict) -> None:
@@ -225,12 +237,10 @@ def crosscoder(base: str, ft: str, data: str, layer: int, site: str, out: str | 
     """Train a crosscoder on paired activations of BASE and FT; classify latents as new / gone / shared."""
     from mechdiff.api import train_crosscoder_pair
 
-    if resume and not checkpoint_dir:
-        raise click.UsageError("--resume needs --checkpoint-dir")
+    checkpointing = make_checkpointing(checkpoint_dir, checkpoint_every, resume)
     options = {"dict_size": dict_size, "k": k, "sparsity": sparsity, "tokens": tokens, "seed": seed}
-    summary = train_crosscoder_pair(base, ft, data, layer, site=site, out=out, options=options, device=device, dtype=dtype,
-                                    checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
-                                    resume=resume, progress=not no_progress)
+    summary = train_crosscoder_pair(base, ft, data, layer, site=site, out=out, options=options, device=device,
+                                    dtype=dtype, checkpointing=checkpointing, progress=not no_progress)
     if summary is None:  # torchrun ranks other than 0
         return
     if as_json:
@@ -265,15 +275,7 @@ def decompose(model: str | None, toy: str | None, globs: tuple[str, ...], data: 
         raise click.UsageError("give either MODEL (with --modules and --data) or --toy NAME")
     if model is not None and (not globs or data is None):
         raise click.UsageError("decomposing MODEL needs --modules GLOB and --data FILE")
-    if resume and not checkpoint_dir:
-        raise click.UsageError("--resume needs --checkpoint-dir")
-    checkpointing = None
-    if checkpoint_dir:
-        from pathlib import Path
-
-        from mechdiff.weightdecomp.spd.checkpoint import Checkpointing
-
-        checkpointing = Checkpointing(Path(checkpoint_dir), every=checkpoint_every, resume=resume)
+    checkpointing = make_checkpointing(checkpoint_dir, checkpoint_every, resume)
     document = decompose_model(model, toy=toy, module_globs=list(globs), data=data, out=out, seed=seed,
                                overrides={"n_components": components, "steps": steps}, progress=not no_progress,
                                checkpointing=checkpointing)

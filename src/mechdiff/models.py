@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -34,7 +33,9 @@ def load_causal_lm(model_dir: str | os.PathLike, device: str = "cpu", *, progres
         from transformers import AutoModelForCausalLM
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise InputError("running models needs transformers: pip install transformers") from exc
-    path = Path(model_dir)
+    from mechdiff.checkpoint.hub_cache import resolve_model
+
+    path = resolve_model(model_dir)
     if not (path / "config.json").is_file():
         raise InputError(f"{model_dir} is not a Hugging Face model folder (no config.json)")
     try:

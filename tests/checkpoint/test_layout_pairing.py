@@ -105,3 +105,29 @@ def test_layer_count_mismatch_without_config(tmp_path):
     save_file(llama_state(0, n_layers=3), str(tmp_path / "b.safetensors"))
     with pytest.raises(InputError, match="BASE has 2 layers, FT has 3"):
         pair_sources(open_source(tmp_path / "a.safetensors"), open_source(tmp_path / "b.safetensors"))
+
+
+def test_unknown_moe_names_are_inferred_and_the_rest_reported(tmp_path):
+    """No config, unknown names: kinds, experts and routers come from keywords; a tensor no keyword
+    knows is compared as "other" and named in `unclassified` and in a warning."""
+    from mechdiff.diffing.weights.diff import DiffConfig, diff_sources
+
+    g = torch.Generator().manual_seed(0)
+    state = {"blocks.0.attn.q_proj.weight": torch.randn(16, 16, generator=g),
+             "blocks.0.moe.router.weight": torch.randn(4, 16, generator=g),
+             "blocks.0.moe.experts.3.w2.weight": torch.randn(16, 32, generator=g),
+             "blocks.0.moe.experts.down_proj": torch.randn(4, 16, 32, generator=g),
+             "blocks.0.mystery_blob": torch.randn(8, 8, generator=g)}
+    ft = {k: v + 0.01 * torch.randn(v.shape, generator=g) for k, v in state.items()}
+    base_src = open_source(save_folder(tmp_path / "b", state, None))
+    ft_src = open_source(save_folder(tmp_path / "f", ft, None))
+    layout = select_layout(None, list(state))
+    described = {n: layout.describe(n) for n in state}
+    assert (described["blocks.0.moe.router.weight"].kind, described["blocks.0.moe.router.weight"].expert) == ("router", None)
+    assert (described["blocks.0.moe.experts.3.w2.weight"].kind, described["blocks.0.moe.experts.3.w2.weight"].expert) == ("mlp_out", 3)
+    assert described["blocks.0.moe.experts.down_proj"].fused_experts
+    assert not described["blocks.0.mystery_blob"].classified
+    result = diff_sources(base_src, ft_src, DiffConfig(device="cpu", intruder_top=0))
+    assert result.unclassified == ["blocks.0.mystery_blob"]
+    assert any("could not classify 1 tensors" in w and "mystery_blob" in w for w in result.warnings)
+    assert sorted(c.expert for c in result.changes if c.expert is not None) == [0, 1, 2, 3, 3]

@@ -79,9 +79,17 @@ def test_decompose_toy_writes_components(tmp_path):
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert doc["name"] == "tms-5-2" and doc["n_components"] == 20 and doc["steps"] == 50
-    from mechdiff.store import open_results
+    from mechdiff.results import open_results
 
     with open_results(out) as res:
         assert len(res.components.table("components")) == 40  # 20 per matrix, two matrices
     assert run("decompose").exit_code == 2
     assert run("decompose", "some_model").exit_code == 2
+
+
+@pytest.mark.parametrize("command", [["decompose", "--toy", "tms-5-2"],
+                                     ["crosscoder", "base", "ft", "--data", "d.txt", "--layer", "0"]])
+def test_resume_without_a_checkpoint_dir_is_a_usage_error(command, tmp_path):
+    result = run(*command, "--resume", "-o", tmp_path / "out.h5")
+    assert result.exit_code == 2 and "--resume needs --checkpoint-dir" in result.output
+    assert not (tmp_path / "out.h5").exists()

@@ -4,7 +4,8 @@ Trains a crosscoder on seeded synthetic activations and evaluates it. Every run 
 same global batches: under torchrun rank r trains on rows [r*B/W, (r+1)*B/W) of each one,
 and evaluates the documents r, r+W, ... Writes its weights and evaluation to OUT/rank<r>.npz.
 With "resume", training stops after 2/5 of the steps (checkpoints in OUT/ckpt, written by
-rank 0) and a second call continues from the checkpoint.
+rank 0) and a second call continues from the checkpoint; the steps each call ran are saved
+as ``steps_first`` / ``steps``.
 
     python crosscoder_ranks.py OUT SPARSITY [resume]
 """
@@ -23,6 +24,7 @@ from mechdiff.diffing.crosscoder.config import CrosscoderConfig
 from mechdiff.diffing.crosscoder.eval import evaluate_crosscoder
 from mechdiff.diffing.crosscoder.train import train_crosscoder
 from mechdiff.distributed import init_from_env
+from mechdiff.training import Checkpointing
 
 N_DOCS, DOC_LEN, D_MODEL, GLOBAL_BATCH = 48, 16, 12, 64
 
@@ -78,11 +80,14 @@ def main(out: Path, sparsity: str, resume: bool) -> None:
     config = CrosscoderConfig(dict_size=32, k=4, sparsity=sparsity, lr=1e-2, warmup_steps=5, batch=GLOBAL_BATCH,
                               tokens=GLOBAL_BATCH * 150, dead_after_tokens=GLOBAL_BATCH * 3, aux_k=8, l1_coeff=1.0)
     source = GlobalBatches(acts, ctx.rank, ctx.world)
+    steps_first: list[int] = []
     if resume:
-        train_crosscoder(source, config, checkpoint_dir=out / "ckpt", checkpoint_every=20, stop_after=config.steps * 2 // 5,
-                         progress=False, ctx=ctx)
-    trained = train_crosscoder(source, config, checkpoint_dir=out / "ckpt" if resume else None, resume=resume,
-                               progress=False, ctx=ctx)
+        train_crosscoder(source, config, checkpointing=Checkpointing(out / "ckpt", every=20,
+                                                                     stop_after=config.steps * 2 // 5),
+                         progress=False, ctx=ctx, on_step=lambda step, _: steps_first.append(step))
+    steps: list[int] = []
+    trained = train_crosscoder(source, config, checkpointing=Checkpointing(out / "ckpt", resume=True) if resume else None,
+                               progress=False, ctx=ctx, on_step=lambda step, _: steps.append(step))
     ev = evaluate_crosscoder(trained.module, my_documents(acts, ctx.rank, ctx.world), batch=100, top_n=5,
                              progress=False, ctx=ctx)
     arrays = {name: tensor.detach().numpy() for name, tensor in trained.module.state_dict().items()}
@@ -90,7 +95,8 @@ def main(out: Path, sparsity: str, resume: bool) -> None:
     arrays |= {"fve": np.asarray(ev.fve), "l0": np.asarray(ev.l0), "n_rows": np.asarray(ev.n_rows),
                "top_act": ev.top_act, "top_doc": ev.top_doc, "top_pos": ev.top_pos,
                "rows_since_fired": trained.state.rows_since_fired.numpy(),
-               "loss": np.asarray([h["loss"] for h in trained.state.history])}
+               "loss": np.asarray([h["loss"] for h in trained.state.history]),
+               "steps_first": np.asarray(steps_first, dtype=np.int64), "steps": np.asarray(steps, dtype=np.int64)}
     out.mkdir(parents=True, exist_ok=True)
     np.savez(out / f"rank{ctx.rank}.npz", **arrays)
 

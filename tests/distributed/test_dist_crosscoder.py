@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mechdiff.store import open_results
+from mechdiff.results import open_results
 
 SCRIPT = Path(__file__).with_name("crosscoder_ranks.py")
 
@@ -66,6 +66,11 @@ def test_batchtopk_ranks_agree_and_match_quality(runs):
 
 def test_two_ranks_resume_from_rank_0_checkpoint_exactly(runs):
     resumed, whole = runs("resumed_batchtopk", 1), runs("dist_batchtopk", 1)
+    # 150 steps stopped after 60: each rank (rank 1 reads rank 0's checkpoint) runs only steps 61..150
+    for rank in (0, 1):
+        np.testing.assert_array_equal(runs("resumed_batchtopk", rank)["steps_first"], np.arange(1, 61))
+        np.testing.assert_array_equal(runs("resumed_batchtopk", rank)["steps"], np.arange(61, 151))
+    np.testing.assert_array_equal(whole["steps"], np.arange(1, 151))
     for name in ("W_enc_FMD", "W_dec_FMD", "threshold", "rows_since_fired", "top_act", "top_doc"):
         np.testing.assert_array_equal(resumed[name], whole[name], err_msg=name)
 
@@ -96,7 +101,7 @@ def test_audit_under_torchrun_finds_the_backdoor(toy_backdoor, tmp_path):
     doc = json.loads(done.stdout)  # one document: rank 0 alone prints
     top = doc["findings"][0]
     assert toy_backdoor.trigger in top["summary"] and toy_backdoor.target in top["summary"]
-    assert {"behaviour", "weights", "heads", "crosscoder"} <= set(doc["lenses"])
+    assert {"behaviour", "weights", "heads", "crosscoder"} <= {lens["name"] for lens in doc["lenses"] if lens["ran"]}
     with open_results(out) as res:
         assert {"weights", "heads", "audit", "crosscoder"} <= set(res.parts)
         assert res.audit.attrs["verdict"] == "findings"

@@ -11,7 +11,7 @@ from ckpt_builders import LLAMA_CONFIG, drift, llama_state, low_rank, save_folde
 
 from mechdiff.api import diff_checkpoints
 from mechdiff.distributed import shard_by_size
-from mechdiff.store import open_results
+from mechdiff.results import open_results
 
 
 def test_shard_by_size_balances_largest_first():

@@ -61,6 +61,13 @@ def test_unknown_only_is_a_usage_error(bench_dir):
     assert bench_run.main(["--only", "nothing"], bench_dir) == 2
 
 
+def test_a_target_row_has_no_ratio_and_prints_dashes():
+    row = harness.validate_row(harness.target_row("toy", 90.0, 120.0, "budget of issue 6"), "bench_x")
+    assert row["ratio"] is None and row["within_target"] is True and row["target_s"] == 120.0
+    line = harness.format_table([row]).splitlines()[1]
+    assert "toy" in line and " - " in line and "x " not in line
+
+
 def test_make_row_and_validation():
     row = harness.make_row("x", "y", 2.0, 0.5, elements=3)
     assert row["ratio"] == 4.0 and row["elements"] == 3
@@ -68,18 +75,40 @@ def test_make_row_and_validation():
         harness.validate_row({"name": "x", "ours_s": 1.0}, "bench_x")
 
 
-def test_time_call_returns_median_and_runs_warmup():
-    calls = []
-    seconds = harness.time_call(lambda: calls.append(1), repeat=3, warmup=2)
-    assert len(calls) == 5 and seconds >= 0.0
+class FakeClock:
+    """perf_counter for the harness: each call of a timed function takes the next planned duration."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def taking(self, durations: list[float], calls: list, label: str):
+        planned = iter(durations)
+
+        def fn() -> None:
+            calls.append(label)
+            self.now += next(planned)
+        return fn
 
 
-def test_time_alternating_takes_turns_and_returns_a_median_each():
-    calls = []
-    fast, slow = (lambda: calls.append("a")), (lambda: (calls.append("b"), sum(range(20000))))
+def test_time_call_returns_median_and_runs_warmup(monkeypatch):
+    clock, calls = FakeClock(), []
+    monkeypatch.setattr(harness, "time", clock)
+    # two warm-up calls of 100 s are not timed; of 10, 1 and 2 s the median is 2 (mean 4.3, min 1)
+    seconds = harness.time_call(clock.taking([100.0, 100.0, 10.0, 1.0, 2.0], calls, "f"), repeat=3, warmup=2)
+    assert len(calls) == 5 and seconds == 2.0
+
+
+def test_time_alternating_takes_turns_and_returns_a_median_each(monkeypatch):
+    clock, calls = FakeClock(), []
+    monkeypatch.setattr(harness, "time", clock)
+    fast = clock.taking([50.0, 3.0, 1.0, 2.0, 9.0, 1.5], calls, "a")  # median of the timed five: 2
+    slow = clock.taking([50.0, 7.0, 8.0, 30.0, 6.0, 7.5], calls, "b")  # median: 7.5
     times = harness.time_alternating([fast, slow], repeat=5)
     assert calls == ["a", "b"] + ["a", "b"] * 5  # one warm-up each, then in turns
-    assert len(times) == 2 and 0 <= times[0] < times[1]
+    assert times == [2.0, 7.5]
 
 
 GPU_ROWS_UNDER_SIMULATOR = '''

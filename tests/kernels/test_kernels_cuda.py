@@ -38,8 +38,20 @@ def test_cuda_kernels_on_real_gpu_with_device_tensors():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not cuda_available(), reason="needs a CUDA GPU visible to torch and numba")
-def test_resolver_uses_cuda_kernels_for_gpu_tensors():
-    from mechdiff.kernels import delta_stats
+def test_resolver_uses_cuda_kernels_for_gpu_tensors(monkeypatch):
+    # no MECHDIFF_KERNELS: a CUDA tensor alone must route delta_stats to the numba.cuda kernel
+    from mechdiff.kernels import cuda_kernels, delta_stats, delta_stats_reference
 
-    base = torch.randn(1000, device="cuda").bfloat16()
-    assert delta_stats(base, base).n_zero == 1000
+    monkeypatch.delenv("MECHDIFF_KERNELS", raising=False)
+    calls = []
+    kernel = cuda_kernels.delta_stats_cuda
+    monkeypatch.setattr(cuda_kernels, "delta_stats_cuda", lambda *a, **k: calls.append(1) or kernel(*a, **k))
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(1000, generator=gen).bfloat16()
+    ft = base.clone()
+    ft[:300] += 0.1
+    got = delta_stats(base.cuda(), ft.cuda())
+    assert calls == [1]
+    want = delta_stats_reference(base, ft, 64)
+    assert got.n_zero == want.n_zero > 600 and (got.hist == want.hist).all()
+    assert got.sum_d2 == pytest.approx(want.sum_d2, rel=1e-9)

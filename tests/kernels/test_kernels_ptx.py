@@ -4,7 +4,9 @@ The simulator (NUMBA_ENABLE_CUDASIM) runs kernels as Python and types nothing, s
 accepts can still fail numba.cuda's compiler: a shared array shaped by an expression
 (`MAX_BINS + 1`) passed every simulated test and failed on the first real GPU. This test
 runs numba-cuda's type inference and NVVM on each kernel, for the argument types the
-wrappers in cuda_kernels pass. Needs numba-cuda and NVVM (dev install); skipped without.
+wrappers in cuda_kernels pass. Needs numba-cuda with NVVM and NVRTC (dev install); skipped
+only when one of those libraries is absent: a compiler that is present and fails (a numba-cuda
+broken by a newer numpy) fails the tests.
 """
 
 from __future__ import annotations
@@ -38,12 +40,26 @@ SIGNATURES = {
 }
 
 
+def missing_compiler() -> str | None:
+    """Why numba-cuda has no compiler here (NVVM or NVRTC library absent), or None when both load."""
+    from numba.cuda.cudadrv import nvrtc, nvvm
+
+    if not nvvm.is_available():
+        return "NVVM (libnvvm) is not installed"
+    try:
+        nvrtc._get_nvrtc_version()
+    except (OSError, RuntimeError, ImportError) as exc:
+        return f"NVRTC is not installed: {str(exc).splitlines()[0]}"
+    return None
+
+
 @pytest.fixture(scope="module")
 def kernels():
-    try:
-        cuda.compile_ptx(lambda a: None, "void(float32[::1])", cc=(9, 0))
-    except Exception as exc:  # noqa: BLE001 (NVVM or NVRTC missing: nothing to check with)
-        pytest.skip(f"numba-cuda cannot compile here: {str(exc).splitlines()[0]}")
+    reason = missing_compiler()
+    if reason is not None:
+        pytest.skip(f"numba-cuda cannot compile here: {reason}")
+    # with both libraries present a trivial kernel must compile: any failure is a failure
+    cuda.compile_ptx(lambda a: None, "void(float32[::1])", cc=(9, 0))
     from mechdiff.kernels import cuda_kernels
 
     return cuda_kernels

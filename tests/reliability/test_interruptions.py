@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 import torch
 from ckpt_builders import LLAMA_CONFIG, drift, llama_state, low_rank, save_folder
 
-from mechdiff.store import open_results
+from mechdiff.results import open_results
 
 # big enough (~60M parameters, bf16) that the diff runs for seconds even on an idle machine
 SIZES = {"n_layers": 6, "d": 768, "n_heads": 12, "n_kv": 4, "head_dim": 64, "ffn": 3072, "vocab": 4000}
@@ -106,9 +107,14 @@ def test_sigkill_during_crosscoder_training_then_resume(toy_backdoor, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert not out.exists()
-    done = subprocess.run([*args, "--resume", "--no-progress"], capture_output=True, text=True, timeout=600,
-                          check=False)
+    saved = int(json.loads((ckpt / "latest.json").read_text())["latest"].split("-")[1])
+    assert saved > 0 and saved % 50 == 0
+    done = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-1500:]
+    # the training bar starts where the checkpoint left off: only the remaining steps run
+    first = re.search(r"crosscoder:\s+\d+%\|[^|]*\|\s*(\d+)/(\d+)", done.stderr)
+    assert first is not None, done.stderr[-1500:]
+    assert int(first.group(1)) == saved < int(first.group(2))
     assert json.loads(done.stdout)["counts"]
     with open_results(out) as res:
         assert len(res.crosscoder.table("latents")) > 0

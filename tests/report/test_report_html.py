@@ -20,7 +20,8 @@ from mechdiff.diffing.behaviour.kl import BehaviourResult
 from mechdiff.errors import InputError
 from mechdiff.report.html import render_report
 from mechdiff.report.html_weights import detection_cut
-from mechdiff.store import ResultsWriter, open_results
+from mechdiff.results import open_results
+from mechdiff.store import ResultsWriter
 
 DOWN = "model.layers.1.mlp.down_proj.weight"
 Q0 = "model.layers.0.self_attn.q_proj.weight"
@@ -183,12 +184,12 @@ def test_crosscoder_sections(planted, tmp_path):
 
 
 def test_unknown_parts_are_listed(tmp_path):
-    path = tmp_path / "comp.h5"
-    with ResultsWriter(path, command="mechdiff decompose") as w:
-        w.table("components/components", {"module": ["mlp<1>"], "alive_frequency": [0.25]})
-        w.attrs("components", {"steps": 100, "note": "a<b"})
+    path = tmp_path / "probe.h5"
+    with ResultsWriter(path, command="mechdiff probe") as w:  # a part no lens package registers
+        w.table("probe/components", {"module": ["mlp<1>"], "alive_frequency": [0.25]})
+        w.attrs("probe", {"steps": 100, "note": "a<b"})
     html = render_report(path, tmp_path / "c.html").read_text()
-    assert "/components" in html and "mlp&lt;1&gt;" in html and "a&lt;b" in html and "0.25" in html
+    assert "/probe" in html and "mlp&lt;1&gt;" in html and "a&lt;b" in html and "0.25" in html
 
 
 def test_missing_matplotlib_and_bad_output_are_input_errors(planted, tmp_path, monkeypatch):

@@ -50,6 +50,7 @@ def test_token_chip_shows_whitespace():
 @pytest.mark.parametrize("value, text", [
     (None, "-"), (float("nan"), "-"), (0.0, "0"), (0.0123, "0.0123"), (0.5, "0.5"), (2.5, "2.5"),
     (1.23e-5, "1.23e-05"), (42, "42"), (np.int64(7), "7"), (123456.0, "1.23e+05"),
+    (0.12345, "0.123"), (1234.5, "1230"), (3.14159, "3.14"), (-0.0456789, "-0.0457"),
 ])
 def test_fmt_num(value, text):
     assert fmt_num(value) == text

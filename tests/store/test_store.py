@@ -41,7 +41,7 @@ def test_round_trip_of_tables_arrays_and_attrs(tmp_path):
         np.testing.assert_array_equal(ds[10:12, :3], big[10:12, :3])
         root = res.attrs
         assert root["schema_version"] == SCHEMA_VERSION and root["base"] == "a" and root["base_fingerprint"] == "f00"
-        with pytest.raises(KeyError, match="no /crosscoder"):
+        with pytest.raises(AttributeError, match="no /crosscoder"):
             _ = res.crosscoder
 
 

@@ -9,7 +9,7 @@ from mechdiff.toylm.train import (
     _batches,
     deterministic,
     encode_documents,
-    lr_at,
+    lr_schedule,
     next_token_loss,
     prob_after,
 )
@@ -20,10 +20,11 @@ MICRO = ToyLMSize(d_model=16, n_layers=1, n_heads=2, n_kv_heads=1, d_mlp=32, max
 
 def test_lr_schedule_warms_up_then_decays_to_a_tenth():
     # warmup 4: steps 0..3 -> 0.25, 0.5, 0.75, 1.0 of peak; cosine from step 4 to 10% at the end.
-    assert [lr_at(s, 14, 4, 2.0) for s in range(4)] == [0.5, 1.0, 1.5, 2.0]
-    assert lr_at(4, 14, 4, 2.0) == pytest.approx(2.0)
-    assert lr_at(9, 14, 4, 2.0) == pytest.approx(2.0 * (0.1 + 0.9 * 0.5))  # halfway: cos = 0
-    assert lr_at(14, 14, 4, 2.0) == pytest.approx(0.2)
+    lr_at = lr_schedule(14, 4, 2.0).at
+    assert [lr_at(s) for s in range(4)] == [0.5, 1.0, 1.5, 2.0]
+    assert lr_at(4) == pytest.approx(2.0)
+    assert lr_at(9) == pytest.approx(2.0 * (0.1 + 0.9 * 0.5))  # halfway: cos = 0
+    assert lr_at(14) == pytest.approx(0.2)
 
 
 def test_encode_adds_bos_eos_cuts_and_pads():

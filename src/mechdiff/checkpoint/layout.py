@@ -19,11 +19,12 @@ from mechdiff.errors import InputError
 
 KINDS = (
     "embed", "unembed", "attn_q", "attn_k", "attn_v", "attn_o", "attn_qkv",
-    "mlp_in", "mlp_gate", "mlp_out", "norm", "bias", "other",
+    "mlp_in", "mlp_gate", "mlp_out", "router", "norm", "bias", "other",
 )
-READS_RESIDUAL = frozenset({"attn_q", "attn_k", "attn_v", "attn_qkv", "mlp_in", "mlp_gate"})
+READS_RESIDUAL = frozenset({"attn_q", "attn_k", "attn_v", "attn_qkv", "mlp_in", "mlp_gate", "router"})
 WRITES_RESIDUAL = frozenset({"attn_o", "mlp_out"})
 _LAYER_NUMBER = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
+_EXPERT_NUMBER = re.compile(r"(?:^|\.)experts\.(\d+)\.")
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,10 @@ class HeadGeometry:
     n_heads: int
     n_kv_heads: int
     head_dim: int
+    v_head_dim: int | None = None
+    """Value rows per head where they differ from head_dim (DeepSeek's MLA kv_b_proj)."""
+    experts_per_token: int = 1
+    """Experts each token is routed to (MoE routers; 1 for dense models)."""
 
 
 @dataclass(frozen=True)
@@ -43,7 +48,10 @@ class TensorInfo:
     layer: int | None
     kind: str
     orientation: str = "out_in"  # "in_out" for GPT-2 Conv1D: transpose before analysis
-    heads: str | None = None  # "q", "kv", "o" or "qkv": how to slice the [out, in] matrix
+    heads: str | None = None  # "q", "kv", "o", "qkv", ... (see heads.head_slices): how to slice [out, in]
+    expert: int | None = None  # the expert a per-expert tensor belongs to
+    fused_experts: bool = False  # a 3-D tensor whose first axis is the expert
+    classified: bool = True  # False when neither a template nor a keyword matched the name
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,18 @@ class _Rule:
     kind: str
     orientation: str
     heads: str | None
+    fused_experts: bool = False
+
+    def info(self, canonical: str) -> TensorInfo | None:
+        match = self.regex.search(canonical)
+        if match is None:
+            return None
+        expert = match.groupdict().get("expert")
+        if expert is None and not self.fused_experts:  # per-expert tensors a keyword matched
+            numbered = _EXPERT_NUMBER.search(canonical)
+            expert = numbered.group(1) if numbered else None
+        return TensorInfo(canonical, _layer_of(canonical), self.kind, self.orientation, self.heads,
+                          None if expert is None else int(expert), self.fused_experts)
 
 
 @dataclass(frozen=True)
@@ -85,12 +105,12 @@ class Layout:
         canonical = self.canonical(name)
         if any(p.search(canonical) for p in self.skip):
             return None
-        layer = _layer_of(canonical)
         for rule in self.rules:
-            if rule.regex.search(canonical):
-                return TensorInfo(canonical, layer, rule.kind, rule.orientation, rule.heads)
+            info = rule.info(canonical)
+            if info is not None:
+                return info
         kind = "bias" if canonical.endswith(".bias") else "other"
-        return TensorInfo(canonical, layer, kind)
+        return TensorInfo(canonical, _layer_of(canonical), kind, classified=False)
 
 
 def _layer_of(canonical: str) -> int | None:
@@ -99,8 +119,8 @@ def _layer_of(canonical: str) -> int | None:
 
 
 def _template_regex(template: str) -> re.Pattern[str]:
-    parts = [re.escape(part) for part in template.split("{layer}")]
-    return re.compile("^" + r"(\d+)".join(parts) + "$")
+    pattern = re.escape(template).replace(r"\{layer\}", r"(\d+)").replace(r"\{expert\}", r"(?P<expert>\d+)")
+    return re.compile("^" + pattern + "$")
 
 
 @cache
@@ -120,12 +140,16 @@ def layout_names() -> list[str]:
 
 def _build(spec: dict[str, Any], config: dict[str, Any] | None) -> Layout:
     rules = [
-        _Rule(_template_regex(t), r["kind"], r.get("orientation", "out_in"), r.get("heads"))
+        _Rule(_template_regex(t), r["kind"], r.get("orientation", "out_in"), r.get("heads"), r.get("experts") == "fused")
         for t, r in spec.get("tensors", {}).items()
     ]
-    rules += [_Rule(re.compile(rx), kind, "out_in", heads) for rx, kind, heads in spec.get("keywords", [])]
+    # names no template knows (a variant's extra tensor, an adapter's wrapper) fall back to
+    # the generic keywords, so a new sibling architecture still gets kinds and experts
+    generic = _layout_files()["_generic"]
+    keywords = spec.get("keywords", []) + (generic["keywords"] if spec is not generic else [])
+    rules += [_keyword_rule(entry) for entry in keywords]
     skip = [_template_regex(t) for t in spec.get("skip", [])]
-    skip += [re.compile(rx) for rx in spec.get("skip_keywords", [])]
+    skip += [re.compile(rx) for rx in spec.get("skip_keywords", []) + generic["skip_keywords"]]
     aliases = tuple((re.compile(rx), repl) for rx, repl in spec.get("aliases", []))
     return Layout(
         name=spec["name"],
@@ -140,6 +164,13 @@ def _build(spec: dict[str, Any], config: dict[str, Any] | None) -> Layout:
         geometry=_geometry(spec.get("config", {}), config),
         config_keys=spec.get("config", {}),
     )
+
+
+def _keyword_rule(entry: list) -> _Rule:
+    """A ``[regex, kind, heads]`` or ``[regex, kind, heads, {"experts": "fused", "orientation": ...}]`` keyword."""
+    regex, kind, heads, *extra = entry
+    options = extra[0] if extra else {}
+    return _Rule(re.compile(regex), kind, options.get("orientation", "out_in"), heads, options.get("experts") == "fused")
 
 
 def _config_value(config: dict[str, Any], keys: list[str]) -> int | None:
@@ -166,7 +197,9 @@ def _geometry(keys: dict[str, list[str]], config: dict[str, Any] | None) -> Head
         head_dim = hidden // n_heads
     if n_heads % n_kv:
         raise InputError(f"config.json: {n_heads} attention heads do not split into {n_kv} key/value groups")
-    return HeadGeometry(n_heads, n_kv, head_dim)
+    v_head_dim = _config_value(config, keys.get("v_head_dim", []))
+    per_token = _config_value(config, keys.get("experts_per_token", ["num_experts_per_tok"])) or 1
+    return HeadGeometry(n_heads, n_kv, head_dim, v_head_dim, per_token)
 
 
 def config_dims(layout: Layout, config: dict[str, Any] | None) -> dict[str, int]:

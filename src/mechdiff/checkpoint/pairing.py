@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from mechdiff.checkpoint.layout import Layout, TensorInfo, config_dims, select_layout
@@ -22,6 +23,15 @@ class TensorPair:
     info: TensorInfo
     base_shape: tuple[int, ...]
     ft_shape: tuple[int, ...]
+    expert: int | None = None
+    """The expert this pair belongs to (per-expert tensors, and each slice of a fused one)."""
+    fused_index: int | None = None
+    """For one expert of a fused [experts, ...] tensor: its index on the first axis."""
+
+    @property
+    def rows(self) -> slice | None:
+        """The range of the stored tensor's first axis this pair compares (None: all of it)."""
+        return None if self.fused_index is None else slice(self.fused_index, self.fused_index + 1)
 
     @property
     def shared_rows(self) -> int:
@@ -46,6 +56,8 @@ class Pairing:
     removed: list[str] = field(default_factory=list)
     reshaped: list[dict] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    unclassified: list[str] = field(default_factory=list)
+    """Paired tensors neither the layout nor the generic keywords could name (compared as "other")."""
 
 
 def pair_sources(base: TensorSource, ft: TensorSource) -> Pairing:
@@ -76,8 +88,10 @@ def pair_sources(base: TensorSource, ft: TensorSource) -> Pairing:
             pairing.added.append(ft_by[canonical][0])
             continue
         pair = _make_pair(base, ft, base_by[canonical], ft_by[canonical])
+        if not pair.info.classified:
+            pairing.unclassified.append(pair.name)
         if pair.base_shape == pair.ft_shape:
-            pairing.pairs.append(pair)
+            pairing.pairs += _expert_pairs(pair)
         elif _is_vocab_resize(pair):
             pairing.pairs.append(pair)
             pairing.reshaped.append(
@@ -113,7 +127,19 @@ def _tie_unembedding(layout: Layout, base_by: dict, ft_by: dict) -> None:
 def _make_pair(base: TensorSource, ft: TensorSource, b: tuple[str, TensorInfo], f: tuple[str, TensorInfo]) -> TensorPair:
     base_name, info = b
     ft_name, _ = f
-    return TensorPair(ft_name, base_name, ft_name, info, base.meta(base_name).shape, ft.meta(ft_name).shape)
+    return TensorPair(ft_name, base_name, ft_name, info, base.meta(base_name).shape, ft.meta(ft_name).shape,
+                      expert=info.expert)
+
+
+def _expert_pairs(pair: TensorPair) -> list[TensorPair]:
+    """A fused [experts, out, in] tensor as one pair per expert (experts are units, like heads)."""
+    if not pair.info.fused_experts or len(pair.base_shape) != 3:
+        return [pair]
+    return [
+        dataclasses.replace(pair, name=f"{pair.name}[{e}]", base_shape=pair.base_shape[1:],
+                            ft_shape=pair.ft_shape[1:], expert=e, fused_index=e)
+        for e in range(pair.base_shape[0])
+    ]
 
 
 def _is_vocab_resize(pair: TensorPair) -> bool:

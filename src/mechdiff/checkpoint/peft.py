@@ -166,12 +166,28 @@ class LoraSource:
             )
         return weight.float() + delta
 
-    def delta(self, module: str) -> torch.Tensor:
-        """The dense update this adapter adds to ``module``'s weight, in the weight's stored orientation."""
+    def modules(self) -> dict[str, str]:
+        """Base tensor name -> adapter module, for every module this adapter changes."""
+        return self._delta_modules()
+
+    @property
+    def replaced(self) -> list[str]:
+        """Base tensors the adapter replaces whole (PEFT's modules_to_save)."""
+        return sorted(self._replaced)
+
+    def factors(self, module: str) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """(A [r, in], B [out, r], scale) of ``module``: its update is scale * B @ A."""
         parts = self._lora[module]
         embedding = "lora_embedding_A" in parts
         a = self._weights.get(parts["lora_embedding_A" if embedding else "lora_A"]).float()
         b = self._weights.get(parts["lora_embedding_B" if embedding else "lora_B"]).float()
+        return a, b, self.adapter_config.scale(module, a.shape[0])
+
+    def delta(self, module: str) -> torch.Tensor:
+        """The dense update this adapter adds to ``module``'s weight, in the weight's stored orientation."""
+        parts = self._lora[module]
+        embedding = "lora_embedding_A" in parts
+        a, b, _ = self.factors(module)
         rank = a.shape[0]
         if rank != self.adapter_config.rank_for(module):
             raise InputError(

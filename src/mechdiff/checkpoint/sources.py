@@ -90,37 +90,49 @@ class SafetensorsFile:
     def get(self, name: str) -> torch.Tensor:
         return self.get_into(name, None)
 
-    def get_into(self, name: str, buffer: bytearray | None) -> torch.Tensor:
+    def get_into(self, name: str, buffer: bytearray | None, rows: slice | None = None) -> torch.Tensor:
         """`get`, reading into the front of `buffer` when it is large enough (a new one otherwise).
 
         Why: a fresh buffer per tensor faults in every page again (the allocator returns
         large blocks to the OS); a streaming caller that reuses two buffers reads faster.
         The tensor is a view of `buffer`: it is valid until the caller reuses the buffer.
+        `rows` reads only that range of the first axis (one expert of a fused [experts, ...]
+        tensor, a block of rows of a large matrix): its bytes are contiguous in the file.
         """
         entry = self.header.entries[name]
         dtype = TORCH_DTYPES.get(entry.dtype)
         if dtype is None:
             raise InputError(f"{self.path}: tensor {name!r} has dtype {entry.dtype}, which mechdiff cannot read yet")
-        size = entry.end - entry.begin
+        shape, begin, size = _row_range(entry.shape, entry.begin, entry.end - entry.begin, rows)
         # a new buffer is left uninitialized: zero-filling it first cost as much as the read
         buffer = memoryview(buffer)[:size] if buffer is not None and len(buffer) >= size else np.empty(size, np.uint8)
         try:
             with open(self.path, "rb") as fh:
-                fh.seek(self.header.data_start + entry.begin)
+                fh.seek(self.header.data_start + begin)
                 got = fh.readinto(buffer)
         except OSError as exc:
             raise InputError(f"{self.path}: cannot read tensor {name!r}: {exc.strerror or exc}") from exc
         if got != len(buffer):
             raise InputError(f"{self.path}: tensor {name!r} is cut short (the file changed or is truncated)")
         if size == 0:
-            return torch.empty(entry.shape, dtype=dtype)
-        return torch.frombuffer(buffer, dtype=dtype).reshape(entry.shape)
+            return torch.empty(shape, dtype=dtype)
+        return torch.frombuffer(buffer, dtype=dtype).reshape(shape)
 
     def tensor_file(self, name: str) -> Path:
         return self.path
 
     def fingerprint(self) -> str:
         return tensor_fingerprint(self)
+
+
+def _row_range(shape: tuple[int, ...], begin: int, size: int, rows: slice | None) -> tuple[tuple[int, ...], int, int]:
+    """(shape, first byte, byte count) of rows `rows` of a C-contiguous tensor stored at `begin`."""
+    if rows is None or not shape:
+        return tuple(shape), begin, size
+    start, stop, _ = rows.indices(shape[0])
+    row_bytes = size // shape[0] if shape[0] else 0
+    stop = max(start, stop)
+    return (stop - start, *shape[1:]), begin + start * row_bytes, (stop - start) * row_bytes
 
 
 class PickleFile:
@@ -196,12 +208,12 @@ class ShardedSource:
     def get(self, name: str) -> torch.Tensor:
         return self.get_into(name, None)
 
-    def get_into(self, name: str, buffer: bytearray | None) -> torch.Tensor:
+    def get_into(self, name: str, buffer: bytearray | None, rows: slice | None = None) -> torch.Tensor:
         """`get`, reading into `buffer` where the shard is a safetensors file (see SafetensorsFile)."""
         source = self._source(self._shard_of[name])
         if name not in source.names():
             raise InputError(f"{self._index_path} maps {name!r} to {source.label}, which does not contain it")
-        return read_tensor(source, name, buffer)
+        return read_tensor(source, name, buffer, rows)
 
     def tensor_file(self, name: str) -> Path:
         return self._shard_of[name]
@@ -210,27 +222,32 @@ class ShardedSource:
         return tensor_fingerprint(self)
 
 
-def read_tensor(source: TensorSource, name: str, buffer: bytearray | None) -> torch.Tensor:
-    """source.get(name), read into `buffer` when the source can (safetensors files and shards).
+def read_tensor(source: TensorSource, name: str, buffer: bytearray | None, rows: slice | None = None) -> torch.Tensor:
+    """source.get(name)[rows], read into `buffer` when the source can (safetensors files and shards).
 
     Args:
         source: any tensor source.
         name: the tensor to read.
         buffer: a reusable byte buffer; used when it holds the tensor's bytes.
+        rows: a range of the first axis to read alone (None: the whole tensor).
 
     Returns:
         The tensor, possibly a view of `buffer` (valid until the buffer is reused).
     """
     get_into = getattr(source, "get_into", None)
-    return get_into(name, buffer) if get_into is not None else source.get(name)
+    if get_into is not None:
+        return get_into(name, buffer) if rows is None else get_into(name, buffer, rows)
+    tensor = source.get(name)
+    return tensor if rows is None else tensor[rows]
 
 
 def open_source(path: str | os.PathLike) -> TensorSource:
-    """Open a checkpoint: a Hugging Face folder, a single file, or a shard index.
+    """Open a checkpoint: a Hugging Face folder, a single file, a shard index, or a cached model id.
 
     Args:
         path: folder with config.json and model.safetensors / a sharded index /
-            pytorch_model.bin, or a single .safetensors/.bin/.pt file.
+            pytorch_model.bin, a single .safetensors/.bin/.pt file, or ``org/name[@revision]``
+            found in the local Hugging Face cache (offline).
 
     Returns:
         A TensorSource over the checkpoint's tensors.
@@ -238,7 +255,9 @@ def open_source(path: str | os.PathLike) -> TensorSource:
     Raises:
         InputError: the path is missing, unreadable, or holds no known checkpoint.
     """
-    p = Path(path).expanduser()
+    from mechdiff.checkpoint.hub_cache import resolve_model
+
+    p = resolve_model(path)
     if not p.exists():
         raise InputError(f"{path} does not exist")
     if p.is_dir():

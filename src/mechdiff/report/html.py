@@ -25,9 +25,10 @@ from mechdiff.report.html_page import (
     stat_tiles,
     table,
 )
-from mechdiff.store import Results, open_results
+from mechdiff.results import open_results
+from mechdiff.store import Results
 
-SHOWN_ELSEWHERE = {"weights", "heads", "audit", "crosscoder"}
+SHOWN_ELSEWHERE = {"weights", "heads", "audit", "crosscoder", "components"}
 GENERIC_ROWS = 10
 
 
@@ -80,6 +81,10 @@ def build_html(results: Results) -> str:
         from mechdiff.report.html_crosscoder import crosscoder_sections
 
         sections += crosscoder_sections(results.part("crosscoder"))
+    if "components" in parts:
+        from mechdiff.report.html_components import components_sections
+
+        sections += components_sections(results.part("components"))
     shown = SHOWN_ELSEWHERE if "weights" in parts else SHOWN_ELSEWHERE - {"heads"}  # heads come with /weights
     sections += [_generic_section(results, name) for name in results.parts if name not in shown]
     root = results.attrs
@@ -97,11 +102,15 @@ def _weight_diff(results: Results) -> Any:
 def _audit_sections(audit: Any, findings: np.ndarray | None) -> list[Section]:
     if audit is None:
         return []
-    from mechdiff.report.html_audit import behaviour_section, findings_section
+    from mechdiff.report.html_audit import (
+        behaviour_section,
+        coverage_section,
+        findings_section,
+    )
 
     sections = [findings_section(findings, audit.attrs)] if findings is not None and len(findings) else []
-    behaviour = behaviour_section(audit)
-    return sections + ([behaviour] if behaviour else [])
+    extra = [behaviour_section(audit), coverage_section(audit.attrs)]
+    return sections + [section for section in extra if section is not None]
 
 
 def _weights_sections(diff: Any) -> list[Section]:
@@ -116,6 +125,8 @@ def _provenance(root: dict[str, Any]) -> list[str]:
     lines = []
     if root.get("base") or root.get("ft"):
         lines.append(f"base {root.get('base', '?')}  \u2192  fine-tune {root.get('ft', '?')}")
+    if root.get("model"):
+        lines.append(f"model {root['model']}")
     lines.append(f"written {root.get('created', '?')} by `{root.get('command', '?')}`")
     lines.append(f"mechdiff {root.get('mechdiff_version', '?')}, results schema {root.get('schema_version', '?')}")
     return lines
@@ -142,6 +153,10 @@ def _banner(audit: Any, findings: np.ndarray | None, diff: Any, results: Results
         banner = crosscoder_banner(results.part("crosscoder"))
         if banner is not None:
             return banner
+    if "components" in parts:
+        from mechdiff.report.html_components import components_banner
+
+        return components_banner(results.part("components"))
     return Banner("info", "mechdiff results", f"parts: {', '.join(parts) or 'none'}")
 
 
@@ -197,6 +212,8 @@ def _generic_section(results: Results, name: str) -> Section:
 
 
 def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
     if isinstance(value, (float, np.floating)):
         return fmt_num(float(value))
     if isinstance(value, np.ndarray):

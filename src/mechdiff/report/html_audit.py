@@ -110,12 +110,24 @@ def _finding(row: np.void) -> Markup:
     parts = [esc(row["summary"])]
     names = row.dtype.names
     tokens = [t for t in str(row["tokens"]).split("\x1f") if t] if "tokens" in names else []
+    tokens = by_relevance(tokens, [str(row["summary"])] + [str(link.get("summary", "")) for link in _links(row)
+                                                          if isinstance(link, dict)])
     if tokens:
         parts.append(f'<div class="muted">tokens: {token_chips(tokens, 8)}</div>')
     for link in _links(row):
         parts.append(_linked_line(link))
     parts.append(_evidence(str(row["evidence"])))
     return Markup("".join(parts))
+
+
+def by_relevance(tokens: list[str], summaries: list[str]) -> list[str]:
+    """Tokens quoted by the most of a finding's summaries (its own and its linked ones) first.
+
+    Files written before findings stored their tokens by relevance hold them sorted by
+    name, which hid the trigger and its target behind "+10"; the summaries quote them.
+    """
+    mentions = {t: sum(f"'{t}'" in text for text in summaries) for t in tokens}
+    return sorted(tokens, key=lambda t: -mentions[t])  # stable: the stored order breaks ties
 
 
 def _linked_line(link: Any) -> str:
@@ -158,14 +170,46 @@ def _evidence(raw: str) -> Markup:
 
 
 def _plain(value: Any) -> str:
+    """Evidence values as words and numbers (3 significant figures), never Python's None or raw JSON."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, float):
         return fmt_num(value)
-    if isinstance(value, list) and all(isinstance(v, (str, int, float)) for v in value):
-        return ", ".join(_plain(v) if isinstance(v, float) else repr(v) if isinstance(v, str) else str(v)
-                         for v in value)
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        return "; ".join(f"{k} {_plain(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return ", ".join(repr(v) if isinstance(v, str) else _plain(v) for v in value) if all(
+            not isinstance(v, (dict, list)) for v in value) else " | ".join(_plain(v) for v in value)
     return str(value)
+
+
+def coverage_section(attrs: dict[str, Any]) -> Section | None:
+    """Which lenses ran, which did not and why, and the audit's warnings.
+
+    Args:
+        attrs: ``/audit`` attributes (``lenses``: names, or {"name", "ran", "why"}; ``warnings``).
+
+    Returns:
+        The section, or None for a file that records no lenses.
+    """
+    from mechdiff.diffing.audit.coverage import normalize_lenses
+
+    lenses = normalize_lenses(attrs.get("lenses", []))
+    if not lenses:
+        return None
+    rows = [[Markup(f'<span class="pill{"" if e.get("ran") else " off"}">{esc(e["name"])}</span>'),
+             "ran" if e.get("ran") else "did not run", e.get("why") or ""] for e in lenses]
+    body = table(["lens", "status", "why"], rows)
+    warnings = [str(w) for w in attrs.get("warnings", [])]
+    if warnings:
+        body = Markup(body + "".join(f'<p class="warn">\u26a0 {esc(w)}</p>' for w in warnings))
+    skipped = [e["name"] for e in lenses if not e.get("ran")]
+    note = ("The verdict covers only the lenses that ran" + (f"; {', '.join(skipped)} did not." if skipped else "."))
+    return Section("What the audit looked at", body, note)
 
 
 def behaviour_section(part: Any) -> Section | None:
@@ -197,7 +241,7 @@ def behaviour_section(part: Any) -> Section | None:
 
 
 def _contexts(contexts: np.ndarray) -> Markup:
-    top = contexts[:TOP_CONTEXTS]
+    top = _distinct(contexts, ("context", "token"))[:TOP_CONTEXTS]
     scale = float(np.max(top["kl"])) if len(top) else 0.0
     has_tops = {"base_top", "ft_top"} <= set(contexts.dtype.names)
     rows = []
@@ -209,6 +253,18 @@ def _contexts(contexts: np.ndarray) -> Markup:
         rows.append(row)
     headers = ["KL", "pos", "context"] + (["next token: base \u2192 fine-tune"] if has_tops else [])
     return Markup("<h3>Positions with the highest KL</h3>" + table(headers, rows, numeric=(0, 1)))
+
+
+def _distinct(rows: np.ndarray, columns: tuple[str, ...]) -> np.ndarray:
+    """Rows whose ``columns`` differ, first (strongest) of each kept: a trigger repeated in many
+    documents gives one row, not ten identical ones."""
+    seen, keep = set(), []
+    for i, row in enumerate(rows):
+        key = tuple(str(row[c]) for c in columns if c in rows.dtype.names)
+        if key not in seen:
+            seen.add(key)
+            keep.append(i)
+    return rows[np.asarray(keep, dtype=int)]
 
 
 def _prediction(base_top: str, ft_top: str) -> Markup:

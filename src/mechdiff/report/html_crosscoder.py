@@ -55,9 +55,13 @@ def crosscoder_sections(part: Any) -> list[Section]:
                                                      + f'<div class="figs">{"".join(figures)}</div>'),
                         "Relative decoder norm \u0394 per latent: near 1 the latent exists only in the fine-tune, "
                         "near 0 only in the base; decoder cosine says whether shared latents kept their direction.")]
-    ft_only = _ft_only_section(latents, find_table(part, {"latent"}, "contexts"))
+    contexts = find_table(part, {"latent"}, "contexts")
+    ft_only = _ft_only_section(latents, contexts)
     if ft_only:
         sections.append(ft_only)
+    leaning = _leaning_section(latents, contexts)
+    if leaning:
+        sections.append(leaning)
     return sections
 
 
@@ -76,9 +80,15 @@ def crosscoder_banner(part: Any) -> Banner | None:
     classes = [str(c) for c in latents["cls"]]
     site = part.attrs.get("site")
     where = f" at {site}" if site else ""
+    detail = "No audit verdict in this file; run `mechdiff audit` for one."
+    live = [i for i, c in enumerate(classes) if c != "dead" and np.isfinite(float(latents["delta"][i]))]
+    if live and "delta" in latents.dtype.names:
+        top = max(live, key=lambda i: float(latents["delta"][i]))
+        latent = int(latents["latent"][top]) if "latent" in latents.dtype.names else top
+        detail = (f"Most fine-tune-leaning live latent: {latent} (relative norm "
+                  f"{fmt_num(float(latents['delta'][top]))}, {classes[top]}); see below. " + detail)
     return Banner("info", f"Crosscoder{where}: {classes.count('ft-only')} fine-tune-only and "
-                  f"{classes.count('base-only')} base-only latents of {len(classes)}",
-                  "No audit verdict in this file; run `mechdiff audit` for one.")
+                  f"{classes.count('base-only')} base-only latents of {len(classes)}", detail)
 
 
 def _headline(latents: np.ndarray, attrs: dict[str, Any]) -> str:
@@ -114,18 +124,42 @@ def _ft_only_section(latents: np.ndarray, contexts: np.ndarray | None) -> Sectio
         return None
     if "freq" in names:
         chosen.sort(key=lambda item: -float(item[1]["freq"]))
-    by_latent = _contexts_by_latent(contexts)
-    rows = []
-    for latent, row in chosen[:TOP_LATENTS]:
-        texts = by_latent.get(latent, [])[:CONTEXTS_PER_LATENT]
-        cells = "".join(f"<div>{highlight_context(text)}</div>" for text in texts)
-        rows.append([latent, fmt_num(float(row["delta"])), _opt(row, "cos"), _opt(row, "freq"), _opt(row, "nu_eps"),
-                     _opt(row, "nu_r"), Markup(cells or '<span class="muted">no contexts stored</span>')])
-    body = table(["latent", "\u0394", "cos", "freq", "\u03bd^\u03b5", "\u03bd^r", "top-activating contexts"], rows,
-                 numeric=(0, 1, 2, 3, 4, 5))
+    body = _latent_table(chosen[:TOP_LATENTS], contexts)
     note = (f"{len(chosen)} latents with \u0394 \u2265 0.9, most frequent first. Small \u03bd\u03b5 / \u03bdr "
             "(latent scaling) mean the latent is genuinely fine-tune specific, not a sparsity artifact.")
     return Section("Fine-tune-only latents", body, note)
+
+
+def _leaning_section(latents: np.ndarray, contexts: np.ndarray | None) -> Section | None:
+    """The live latents that lean most towards the fine-tune, whatever their class.
+
+    A planted behaviour often lands in a latent the fine-tune rewrote (relative norm
+    0.6-0.9) rather than a clean ft-only one, so these are shown even when no latent is ft-only.
+    """
+    names = latents.dtype.names
+    live = [(int(row["latent"]) if "latent" in names else i, row) for i, row in enumerate(latents)
+            if str(row["cls"]) not in ("dead", "ft-only") and np.isfinite(float(row["delta"]))]
+    if not live:
+        return None
+    live.sort(key=lambda item: -float(item[1]["delta"]))
+    return Section("Most fine-tune-leaning latents", _latent_table(live[:TOP_LATENTS], contexts, with_class=True),
+                   "Live latents by relative decoder norm Δ, highest first (ft-only latents are listed above). "
+                   "A low decoder cosine means the fine-tune rewrote what the latent writes.")
+
+
+def _latent_table(chosen: list[tuple[int, np.void]], contexts: np.ndarray | None, with_class: bool = False) -> Markup:
+    by_latent = _contexts_by_latent(contexts)
+    rows = []
+    for latent, row in chosen:
+        texts = by_latent.get(latent, [])[:CONTEXTS_PER_LATENT]
+        cells = "".join(f"<div>{highlight_context(text)}</div>" for text in texts)
+        rows.append([latent] + ([str(row["cls"])] if with_class else [])
+                    + [fmt_num(float(row["delta"])), _opt(row, "cos"), _opt(row, "freq"), _opt(row, "nu_eps"),
+                       _opt(row, "nu_r"), Markup(cells or '<span class="muted">no contexts stored</span>')])
+    headers = ["latent"] + (["class"] if with_class else []) + [
+        "\u0394", "cos", "freq", "\u03bd^\u03b5", "\u03bd^r", "top-activating contexts"]
+    first = 2 if with_class else 1
+    return table(headers, rows, numeric=(0, *range(first, first + 5)))
 
 
 def _opt(row: np.void, name: str) -> str:
@@ -149,6 +183,7 @@ def _contexts_by_latent(contexts: np.ndarray | None) -> dict[int, list[str]]:
         text = str(row[column]) if column else ""
         if not text and {"doc", "pos"} <= set(names):
             text = f"doc {int(row['doc'])}, pos {int(row['pos'])}"
-        if text:
-            grouped.setdefault(int(row["latent"]), []).append(text)
+        texts = grouped.setdefault(int(row["latent"]), [])
+        if text and text not in texts:  # the same window repeated in many documents is shown once
+            texts.append(text)
     return grouped

@@ -12,6 +12,8 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 # The markers crosscoder contexts use around the activating token (crosscoder_contexts.py).
 MARK_OPEN, MARK_CLOSE = "[[", "]]"
 
@@ -28,11 +30,11 @@ def esc(value: object) -> Markup:
 
 
 def fmt_num(value: float | None, digits: int = 3) -> str:
-    """A number short enough for a table cell: 0.0123, 1.2e-05, 42, '-' for None/NaN."""
+    """A number with ``digits`` significant figures: 0.0123, 1.23e-05, 42, 1230; '-' for None/NaN."""
     if value is None:
         return "-"
-    if isinstance(value, (int,)) and not isinstance(value, bool):
-        return str(value)
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return str(int(value))
     value = float(value)
     if math.isnan(value):
         return "-"
@@ -40,7 +42,7 @@ def fmt_num(value: float | None, digits: int = 3) -> str:
         return "0"
     if abs(value) >= 1e4 or abs(value) < 1e-3:
         return f"{value:.{digits - 1}e}"
-    return f"{value:.{digits}g}" if abs(value) >= 1 else f"{value:.{digits + 1}f}".rstrip("0")
+    return np.format_float_positional(float(f"{value:.{digits}g}"), trim="-")
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[object]], numeric: Sequence[int] = (),
@@ -259,6 +261,7 @@ dl.ev dt{color:var(--muted)}dl.ev dd{margin:0;word-break:break-word}
 .two{display:grid;grid-template-columns:1fr 1fr;gap:16px}
 .pill{display:inline-block;border-radius:10px;padding:0 7px;font-size:11.5px;background:#eef1f6}
 .pill.hi{background:var(--badbg);color:var(--bad)}
+.pill.off{background:#f3f3f3;color:#888}
 ul.plain{margin:4px 0;padding-left:18px}
 .warn{color:#8a5a00}
 pre.doc{white-space:pre-wrap;font-size:12px;background:var(--soft);padding:8px;border-radius:6px}

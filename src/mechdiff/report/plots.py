@@ -94,6 +94,7 @@ def layer_kind_heatmap(layers: Sequence[int], kinds: Sequence[str], scores: Sequ
     step = max(1, math.ceil(len(layer_ids) / 32))
     ax.set_xticks(range(0, len(layer_ids), step), [str(la) for la in layer_ids[::step]])
     ax.set_xlabel("layer", fontsize=9)
+    ax.set_ylabel("tensor kind", fontsize=9)
     ax.tick_params(labelsize=8, length=0)
     if len(layer_ids) <= 48:
         for i, j in zip(*np.nonzero(rank_KL)):
@@ -144,6 +145,7 @@ def head_bars(labels: Sequence[str], scores: Sequence[float], ranks: Sequence[in
         ax.text(s + 0.01 * top, yi, f"{s:.3g}" + (f"  rank {r}" if r else ""), va="center", fontsize=7)
     ax.set_xlim(0, top * 1.3)
     ax.set_xlabel("score", fontsize=9)
+    ax.set_ylabel("head (layer, head, part)", fontsize=9)
     _style(ax)
     return to_png_base64(fig)
 
@@ -212,8 +214,12 @@ def _spectrum_panel(ax: Any, panel: SpectrumPanel) -> None:
         ax.yaxis.set_major_locator(FixedLocator(log_ticks(*ax.get_ylim())))
         ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.2g}"))
         ax.yaxis.set_minor_formatter(NullFormatter())
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # singular value index: 1, 2, 3, ...
     ax.set_title(f"{panel.title}  (rank {panel.rank})", fontsize=8.5)
-    ax.set_xlabel("index", fontsize=8)
+    ax.set_xlabel("singular value index", fontsize=8)
+    ax.set_ylabel("singular value", fontsize=8)
     _style(ax)
 
 
@@ -271,11 +277,23 @@ def relnorm_histogram(delta: np.ndarray, cls: Sequence[str]) -> str | None:
     ax.hist([delta[keep & (classes == name)] for name in names], bins=np.linspace(0, 1, 41), stacked=True,
             color=[CLASS_COLORS[name] for name in names])
     ax.set_yscale("log")
+    _integer_log_ticks(ax)
     ax.set_xlim(0, 1)
     ax.set_xlabel("relative decoder norm  \u0394 (0 = base only, 1 = fine-tune only)", fontsize=8.5)
     ax.set_ylabel("latents", fontsize=8.5)
     _style(ax)
     return to_png_base64(fig)
+
+
+def _integer_log_ticks(ax: Any) -> None:
+    """Counts on a log axis get whole-number ticks (1, 2, 5, 10, ...), never 10^0.5."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    low, high = ax.get_ylim()
+    ticks = [t for t in log_ticks(max(low, 1.0), high) if float(t).is_integer()] or [1.0]
+    ax.yaxis.set_major_locator(FixedLocator(ticks))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.0f}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 def delta_cos_scatter(delta: np.ndarray, cos: np.ndarray, cls: Sequence[str]) -> str | None:

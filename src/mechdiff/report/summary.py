@@ -1,4 +1,9 @@
-"""Summaries of any results file, as a JSON document and as text (what `mechdiff show` prints)."""
+"""Summaries of any results file, as a JSON document and as text (what `mechdiff show` prints).
+
+Each part's JSON comes from its own part type (``to_json``, registered by its lens
+package); the text for people is rendered here. ``SUMMARIZERS`` maps a part name to
+its renderer; a part without one gets a plain listing.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +11,19 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from mechdiff.store import Results, open_results
+from mechdiff.report.terminal import render_audit, render_components, render_weight_diff
+from mechdiff.results import open_results
+from mechdiff.store import Part, Results
 
-# part name -> function(results, top) -> (json, text); other modules add theirs
-SUMMARIZERS: dict[str, Callable[[Results, int | None], tuple[dict, str]]] = {}
+Summarizer = Callable[[Part, int | None], tuple[dict, str]]
+SUMMARIZERS: dict[str, Summarizer] = {}
+"""Part name -> function(part, top) -> (json, text)."""
 
 
-def summarizer(part: str) -> Callable:
+def summarizer(part: str) -> Callable[[Summarizer], Summarizer]:
     """Register the summary of one results part."""
 
-    def register(fn: Callable[[Results, int | None], tuple[dict, str]]) -> Callable:
+    def register(fn: Summarizer) -> Summarizer:
         SUMMARIZERS[part] = fn
         return fn
 
@@ -23,56 +31,53 @@ def summarizer(part: str) -> Callable:
 
 
 @summarizer("weights")
-def _weights(results: Results, top: int | None) -> tuple[dict, str]:
-    from mechdiff.diffing.weights.result import load_weight_diff
-    from mechdiff.report.terminal import render_weight_diff
-
-    diff = load_weight_diff(results)
+def _weights(part: Any, top: int | None) -> tuple[dict, str]:
+    diff = part.diff()
     return diff.to_json(top=top), render_weight_diff(diff, top=top or 15)
 
 
 @summarizer("audit")
-def _audit(results: Results, top: int | None) -> tuple[dict, str]:
-    import json
-
-    from mechdiff.report.terminal import render_audit
-
-    part = results.part("audit")
-    attrs = part.attrs
-    findings = []
-    if "findings" in part:
-        for row in part.table("findings"):
-            findings.append({"rank": int(row["rank"]), "method": str(row["method"]), "score": float(row["score"]),
-                             "summary": str(row["summary"]), "evidence": json.loads(row["evidence"]),
-                             "linked": json.loads(row["linked"]),
-                             "location": {"layer": _none(row["layer"]), "head": _none(row["head"]),
-                                          "tensor": str(row["tensor"]) or None, "latent": _none(row["latent"])}})
-    document = {"verdict": attrs.get("verdict"), "thresholds": attrs.get("thresholds", {}),
-                "lenses": attrs.get("lenses", []), "findings": findings[:top]}
+def _audit(part: Any, top: int | None) -> tuple[dict, str]:
+    document = part.to_json(top=top)
     return document, render_audit(document, top=top or 10)
 
 
-def _none(value: object) -> int | None:
-    number = int(value)  # type: ignore[arg-type]
-    return None if number < 0 else number
+@summarizer("crosscoder")
+def _crosscoder(part: Any, top: int | None) -> tuple[dict, str]:
+    from mechdiff.diffing.crosscoder.summary import format_summary
+
+    document = part.to_json(top=top or 10)
+    return document, format_summary(document)
 
 
-def _generic(results: Results, name: str) -> tuple[dict, str]:
-    part = results.part(name)
+@summarizer("components")
+def _components(part: Any, top: int | None) -> tuple[dict, str]:
+    document = part.to_json(top=top)
+    return document, render_components(document, top=top or 15)
+
+
+def _generic(part: Part) -> tuple[dict, str]:
     attrs = {k: v for k, v in part.attrs.items() if not isinstance(v, (list, dict)) or len(str(v)) < 400}
-    text = f"/{name}: {', '.join(part.keys())}\n" + "\n".join(f"  {k}: {v}" for k, v in attrs.items())
+    text = f"/{part.name}: {', '.join(part.keys())}\n" + "\n".join(f"  {k}: {v}" for k, v in attrs.items())
     return {"datasets": part.keys(), "attrs": attrs}, text
 
 
-def _load_optional_summarizers() -> None:
-    import importlib
-
-    for module in ("mechdiff.diffing.crosscoder.summary", "mechdiff.weightdecomp.components_summary",
-                   "mechdiff.diffing.audit_summary"):
-        try:
-            importlib.import_module(module)
-        except ImportError:
-            continue
+def summarize_results(results: Results, top: int | None = None) -> tuple[dict[str, Any], str]:
+    """Summaries of every part of an open results file: (json document, text)."""
+    root = results.attrs
+    document: dict[str, Any] = {"schema_version": results.schema_version,
+                                "mechdiff_version": root.get("mechdiff_version"),
+                                "command": root.get("command"), "created": root.get("created")}
+    texts = [f"{results.path}: written {root.get('created')} by `{root.get('command')}`"]
+    for name in results.parts:
+        if name == "heads" and "weights" in results.parts:
+            continue  # shown with /weights
+        part = results.part(name)
+        fn = SUMMARIZERS.get(name)
+        doc, text = fn(part, top) if fn else _generic(part)
+        document[name] = doc
+        texts += ["", text]
+    return document, "\n".join(texts)
 
 
 def summarize(path: str | os.PathLike, top: int | None = None) -> tuple[dict[str, Any], str]:
@@ -85,18 +90,5 @@ def summarize(path: str | os.PathLike, top: int | None = None) -> tuple[dict[str
     Returns:
         (json document, human-readable text).
     """
-    _load_optional_summarizers()
     with open_results(path) as results:
-        root = results.attrs
-        document: dict[str, Any] = {"schema_version": root.get("schema_version"),
-                                    "mechdiff_version": root.get("mechdiff_version"),
-                                    "command": root.get("command"), "created": root.get("created")}
-        texts = [f"{path}: written {root.get('created')} by `{root.get('command')}`"]
-        for name in results.parts:
-            if name == "heads":
-                continue  # shown with /weights
-            fn = SUMMARIZERS.get(name)
-            doc, text = fn(results, top) if fn else _generic(results, name)
-            document[name] = doc
-            texts += ["", text]
-    return document, "\n".join(texts)
+        return summarize_results(results, top)

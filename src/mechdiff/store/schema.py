@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 
 SCHEMA_VERSION = 1
-MAGIC_ATTR = "mechdiff_schema"  # marks a file as ours, whatever its version
+MAGIC_ATTR = "mechdiff_schema"  # older files marked themselves with it too; read, never written
 PARTS = ("weights", "heads", "crosscoder", "components", "audit")
 CHUNK_THRESHOLD = 1 << 16  # arrays with more elements than this are chunked + compressed
 STR_DTYPE = h5py.string_dtype(encoding="utf-8")

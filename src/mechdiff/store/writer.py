@@ -15,7 +15,6 @@ from mechdiff import __version__
 from mechdiff.errors import InputError
 from mechdiff.store.schema import (
     CHUNK_THRESHOLD,
-    MAGIC_ATTR,
     SCHEMA_VERSION,
     columns_to_structured,
     to_attr,
@@ -79,7 +78,6 @@ class ResultsWriter:
         self.path = Path(path)
         self.tmp_path = temp_path_for(self.path)
         self._root_attrs = {
-            MAGIC_ATTR: SCHEMA_VERSION,
             "schema_version": SCHEMA_VERSION,
             "mechdiff_version": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -9,7 +9,6 @@ its inputs and seed.
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -19,6 +18,7 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 
 from mechdiff.toylm.lora import LoRAHooks
+from mechdiff.training import LRSchedule
 
 IGNORE = -100
 
@@ -131,12 +131,9 @@ def next_token_loss(model: torch.nn.Module, ids_BT: torch.Tensor, pad_id: int,
     return F.cross_entropy(logits_BTV[:, :-1].flatten(0, 1), labels_BT.flatten(), ignore_index=IGNORE)
 
 
-def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
+def lr_schedule(total: int, warmup: int, peak: float) -> LRSchedule:
     """Linear warm-up to ``peak`` over ``warmup`` steps, then cosine decay to 10% of peak."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return peak * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+    return LRSchedule(peak, total, warmup, "cosine", floor=0.1)
 
 
 def _param_groups(params: list[tuple[str, torch.nn.Parameter]], weight_decay: float) -> list[dict]:
@@ -180,9 +177,10 @@ def train(model: torch.nn.Module, ids_ND: torch.Tensor, *, steps: int, batch_siz
     losses: list[float] = []
     model.train()
     batches = _batches(ids_ND, steps, batch_size, pad_id, seed)
+    schedule = lr_schedule(steps, warmup, lr)
     for step, batch in enumerate(_progress(batches, progress, desc, steps)):
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, steps, warmup, lr)
+            group["lr"] = schedule.at(step)
         loss = next_token_loss(model, _trim(batch, pad_id), pad_id, never_targets)
         opt.zero_grad(set_to_none=True)
         loss.backward()

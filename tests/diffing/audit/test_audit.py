@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from mechdiff.cli import main
 from mechdiff.diffing.audit.findings import Finding, link_and_rank
 from mechdiff.diffing.audit.verdict import AuditConfig, AuditThresholds
-from mechdiff.store import open_results
+from mechdiff.results import open_results
 
 
 def test_linking_merges_lenses_that_name_the_same_tokens():
@@ -61,7 +61,7 @@ def test_backdoor_is_the_top_finding_and_fails_the_gate(audited, toy_backdoor):
     top = doc["findings"][0]
     assert toy_backdoor.trigger in top["summary"] and toy_backdoor.target in top["summary"]
     assert top["score"] > 1.0 and top["rank"] == 1
-    assert {"behaviour", "weights", "heads"} <= set(doc["lenses"])
+    assert {"behaviour", "weights", "heads"} <= {lens["name"] for lens in doc["lenses"] if lens["ran"]}
     with open_results(out / "a.h5") as res:
         assert {"weights", "heads", "audit", "crosscoder"} <= set(res.parts)
         assert res.crosscoder.module().dict_size == len(res.crosscoder.table("latents"))
@@ -87,7 +87,13 @@ def test_audit_without_data_runs_the_weight_lens_only(toy_backdoor):
     result = CliRunner().invoke(main, ["audit", str(toy_backdoor.base_dir), str(toy_backdoor.ft_dir), "--json",
                                        "--no-progress"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["lenses"] == ["heads", "weights"]
+    lenses = {lens["name"]: lens for lens in json.loads(result.stdout)["lenses"]}
+    assert [name for name, lens in lenses.items() if lens["ran"]] == ["weights", "heads"]
+    for name in ("behaviour", "crosscoder"):
+        assert not lenses[name]["ran"] and "no --data" in lenses[name]["why"]
+    assert "--components" in lenses["components"]["why"]
+    text = CliRunner().invoke(main, ["audit", str(toy_backdoor.base_dir), str(toy_backdoor.ft_dir), "--no-progress"])
+    assert "Lenses run: weights, heads" in text.stdout and "Not run: behaviour (no --data" in text.stdout
 
 
 def test_audit_config_validates():
@@ -97,16 +103,37 @@ def test_audit_config_validates():
 
 
 def test_components_lens_decomposes_base_and_reads_ft_in_its_components(toy_backdoor, tmp_path):
-    out = tmp_path / "c.h5"
+    from mechdiff.diffing.components.match import delta_in_components
+    from mechdiff.models import load_causal_lm
+    from mechdiff.weightdecomp.spd.components import find_targets, weight_out_in
+
+    name, out = "transformer.h.1.mlp.c_fc", tmp_path / "c.h5"
     result = CliRunner().invoke(main, ["audit", str(toy_backdoor.base_dir), str(toy_backdoor.ft_dir), "--data",
                                        str(toy_backdoor.corpus_path), "--no-crosscoder", "--components",
-                                       "transformer.h.1.mlp.c_fc", "--components-steps", "30", "-o", str(out),
+                                       name, "--components-steps", "30", "-o", str(out),
                                        "--json", "--no-progress"])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
-    assert "components" in doc["lenses"]
+    assert {"name": "components", "ran": True, "why": ""} in doc["lenses"]
     with open_results(out) as res:
-        assert res.components.attrs["modules"] == ["transformer.h.1.mlp.c_fc"]
-        methods = set(res.audit.table("findings")["method"])
-    linked = {link["method"] for f in doc["findings"] for link in f["linked"]}
-    assert "components" in methods | linked
+        assert res.components.attrs["modules"] == [name]
+        module = res.components.module_components(name)  # BASE's decomposition, as stored
+        table = res.audit.table("findings")
+    evidence = [json.loads(e) for m, e in zip(table["method"], table["evidence"]) if m == "components"]
+    assert evidence
+
+    def in_components(folder):
+        model, _ = load_causal_lm(folder)
+        target = find_targets(model, [name])[name]
+        return delta_in_components(module, weight_out_in(target, module.kind).detach().float().numpy())
+
+    # the reported numbers are FT's weight fitted by BASE's stored components, recomputed here
+    ft, base = in_components(toy_backdoor.ft_dir), in_components(toy_backdoor.base_dir)
+    changes = dict(zip(ft.indices.tolist(), ft.coef_change_K.tolist()))
+    rescaled = [e for e in evidence if "coef_change" in e]
+    assert rescaled, evidence
+    for e in rescaled:
+        assert e["coef_change"] == pytest.approx(changes[e["component"]], rel=1e-4, abs=1e-6), e
+    # reading BASE in its own components would report other numbers (the fine-tune changed this module)
+    base_changes = dict(zip(base.indices.tolist(), base.coef_change_K.tolist()))
+    assert max(abs(base_changes[e["component"]] - e["coef_change"]) for e in rescaled) > 1e-3

@@ -18,7 +18,8 @@ from mechdiff.diffing.activations.collect import read_texts, tokenize
 from mechdiff.diffing.crosscoder.config import CrosscoderConfig
 from mechdiff.diffing.crosscoder.contexts import MARK_OPEN
 from mechdiff.diffing.crosscoder.pipeline import run_crosscoder
-from mechdiff.store import ResultsWriter, open_results
+from mechdiff.results import open_results
+from mechdiff.store import ResultsWriter
 
 pytest.importorskip("transformers")
 

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from mechdiff.diffing.activations.cache import from_tensor
-from mechdiff.diffing.crosscoder.checkpoint import latest_checkpoint
 from mechdiff.diffing.crosscoder.config import CrosscoderConfig
 from mechdiff.diffing.crosscoder.module import (
     CrossCoder,
@@ -15,12 +14,13 @@ from mechdiff.diffing.crosscoder.module import (
 )
 from mechdiff.diffing.crosscoder.train import (
     TrainState,
-    lr_at,
+    lr_schedule,
     make_optimizer,
     train_crosscoder,
     train_step,
 )
 from mechdiff.errors import InputError
+from mechdiff.training import Checkpointing, latest_checkpoint
 
 
 @pytest.fixture(autouse=True)
@@ -46,10 +46,11 @@ def test_config_rejects_bad_values_and_unknown_keys() -> None:
 def test_lr_schedule_warms_up_then_decays_to_zero() -> None:
     # 100 steps, warm-up 10, decay over the last 20: step 0 -> 1/10, 50 -> full, 90 -> half
     config = CrosscoderConfig(lr=1.0, warmup_steps=10, decay_frac=0.2, batch=1, tokens=100)
-    assert lr_at(0, config) == pytest.approx(0.1)
-    assert lr_at(50, config) == pytest.approx(1.0)
-    assert lr_at(90, config) == pytest.approx(0.5)
-    assert lr_at(99, config) == pytest.approx(0.05)
+    schedule = lr_schedule(config)
+    assert schedule.at(0) == pytest.approx(0.1)
+    assert schedule.at(50) == pytest.approx(1.0)
+    assert schedule.at(90) == pytest.approx(0.5)
+    assert schedule.at(99) == pytest.approx(0.05)
 
 
 @pytest.mark.parametrize("shape", [(3, 5), (700, 1500)])  # direct top-k and the sampled-threshold path
@@ -108,15 +109,21 @@ def _data(n_rows: int = 512) -> object:
 
 
 @pytest.mark.parametrize("sparsity", ["batchtopk", "l1"])
-def test_resume_reaches_the_same_weights(tmp_path, sparsity: str) -> None:
+def test_resume_runs_only_the_remaining_steps_and_reaches_the_same_weights(tmp_path, sparsity: str) -> None:
     config = CrosscoderConfig(dict_size=16, k=2, sparsity=sparsity, lr=3e-3, warmup_steps=3, batch=64, tokens=64 * 12,
                               dead_after_tokens=64 * 2, seed=5)
     data = _data()
     whole = train_crosscoder(data, config, progress=False).module
     ckpt = tmp_path / "ckpt"
-    train_crosscoder(data, config, checkpoint_dir=ckpt, checkpoint_every=4, stop_after=7, progress=False)
+    first: list[int] = []
+    train_crosscoder(data, config, checkpointing=Checkpointing(ckpt, every=4, stop_after=7), progress=False,
+                     on_step=lambda step, _: first.append(step))
+    assert first == list(range(1, 8))
     assert latest_checkpoint(ckpt).name == "step-00000007"  # every 4 steps, plus where it stopped
-    resumed = train_crosscoder(data, config, checkpoint_dir=ckpt, checkpoint_every=4, resume=True, progress=False)
+    second: list[int] = []
+    resumed = train_crosscoder(data, config, checkpointing=Checkpointing(ckpt, every=4, resume=True), progress=False,
+                               on_step=lambda step, _: second.append(step))
+    assert second == list(range(8, 13))  # a restart from 0 would run steps 1..12 and still match the weights
     assert resumed.state.step == 12
     for name, value in whole.state_dict().items():
         torch.testing.assert_close(resumed.module.state_dict()[name], value, rtol=0, atol=0, msg=name)
@@ -124,10 +131,10 @@ def test_resume_reaches_the_same_weights(tmp_path, sparsity: str) -> None:
 
 def test_resume_refuses_a_different_config(tmp_path) -> None:
     config = CrosscoderConfig(dict_size=16, k=2, lr=3e-3, warmup_steps=3, batch=64, tokens=64 * 4)
-    train_crosscoder(_data(), config, checkpoint_dir=tmp_path, progress=False)
+    train_crosscoder(_data(), config, checkpointing=Checkpointing(tmp_path), progress=False)
     other = CrosscoderConfig(dict_size=16, k=3, lr=3e-3, warmup_steps=3, batch=64, tokens=64 * 4)
     with pytest.raises(InputError, match="different crosscoder config"):
-        train_crosscoder(_data(), other, checkpoint_dir=tmp_path, resume=True, progress=False)
+        train_crosscoder(_data(), other, checkpointing=Checkpointing(tmp_path, resume=True), progress=False)
 
 
 def test_stream_order_is_seeded_and_skips_exactly() -> None:

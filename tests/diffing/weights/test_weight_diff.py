@@ -19,7 +19,7 @@ from ckpt_builders import (
 
 from mechdiff.api import diff_checkpoints
 from mechdiff.diffing.weights.result import load_weight_diff
-from mechdiff.store import open_results
+from mechdiff.results import open_results
 
 DOWN = "model.layers.1.mlp.down_proj.weight"
 Q0 = "model.layers.0.self_attn.q_proj.weight"

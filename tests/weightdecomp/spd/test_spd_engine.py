@@ -28,7 +28,7 @@ from mechdiff.weightdecomp.spd.losses import (
     output_distance,
     sample_masks,
 )
-from mechdiff.weightdecomp.spd.trainer import lr_at
+from mechdiff.weightdecomp.spd.trainer import lr_schedule
 
 
 def test_hard_sigmoids_by_hand():
@@ -174,9 +174,10 @@ def test_config_validation_and_schedules():
     assert SPDConfig().importance_scale("wte") == 1.0
     assert cfg.pnorm_at(0) == 2.0 and cfg.pnorm_at(25) == 1.5 and cfg.pnorm_at(80) == 1.0
     # warm-up 10 steps: step 4 -> 5/10; cosine over the remaining 90: halfway (step 55) -> 0.5
-    assert lr_at(cfg, 4) == pytest.approx(0.5)
-    assert lr_at(cfg, 55) == pytest.approx(0.5)
-    assert lr_at(cfg, 99) < 0.01
+    lr_at = lr_schedule(cfg).at
+    assert lr_at(4) == pytest.approx(0.5)
+    assert lr_at(55) == pytest.approx(0.5)
+    assert lr_at(99) < 0.01
 
 
 def test_trainer_scales_each_layers_importance_penalty():

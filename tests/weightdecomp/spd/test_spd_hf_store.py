@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from mechdiff.errors import InputError
-from mechdiff.store import ResultsWriter, open_results
+from mechdiff.results import open_results
+from mechdiff.store import ResultsWriter
 from mechdiff.weightdecomp.spd.config import SPDConfig
 from mechdiff.weightdecomp.spd.trainer import decompose_module
 

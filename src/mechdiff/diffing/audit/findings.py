@@ -40,12 +40,25 @@ class Finding:
     evidence: dict[str, Any] = field(default_factory=dict)
     linked: list[dict[str, Any]] = field(default_factory=list)
     rank: int = 0
+    own_tokens: frozenset[str] | None = None
+    """The tokens this finding named itself, before linked findings added theirs (None: not linked)."""
 
     def to_json(self) -> dict[str, Any]:
         return {"rank": self.rank, "method": self.method, "score": self.score, "summary": self.summary,
                 "location": {"layer": self.layer, "head": self.head, "tensor": self.tensor or None,
                              "latent": self.latent},
-                "tokens": sorted(self.tokens), "evidence": self.evidence, "linked": self.linked}
+                "tokens": self.ranked_tokens(), "evidence": self.evidence, "linked": self.linked}
+
+    def ranked_tokens(self) -> list[str]:
+        """Tokens by relevance: those named by the most of this finding's lenses first (the trigger and
+        target a behaviour, a latent and a weight all point at), then by name."""
+        own = self.tokens if self.own_tokens is None else self.own_tokens
+        votes = {token: int(token in own) for token in self.tokens}
+        for link in self.linked:
+            for token in link.get("tokens", []):
+                if token in votes:
+                    votes[token] += 1
+        return sorted(votes, key=lambda token: (-votes[token], token))
 
 
 def link_and_rank(findings: list[Finding]) -> list[Finding]:
@@ -65,7 +78,8 @@ def link_and_rank(findings: list[Finding]) -> list[Finding]:
             kept.append(finding)
             continue
         anchor.linked.append({"method": finding.method, "score": finding.score, "summary": finding.summary,
-                              "location": finding.to_json()["location"]})
+                              "location": finding.to_json()["location"], "tokens": sorted(finding.tokens)})
+        anchor.own_tokens = anchor.tokens if anchor.own_tokens is None else anchor.own_tokens
         anchor.tokens = anchor.tokens | finding.tokens
     for finding in kept:
         lenses = {finding.method} | {link["method"] for link in finding.linked}
@@ -93,5 +107,5 @@ def findings_table(findings: list[Finding]) -> dict[str, list]:
         "score": [f.score for f in findings], "summary": [f.summary for f in findings],
         "evidence": [json.dumps(f.evidence, default=str) for f in findings],
         "linked": [json.dumps(f.linked, default=str) for f in findings],
-        "tokens": ["\x1f".join(sorted(f.tokens)) for f in findings],
+        "tokens": ["\x1f".join(f.ranked_tokens()) for f in findings],
     }

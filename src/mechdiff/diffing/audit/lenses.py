@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from mechdiff.checkpoint.sources import read_config
@@ -55,7 +54,12 @@ def audit_findings(diff: WeightDiff, lenses: ModelLenses | None, config: AuditCo
 
 
 def runnable(path: str | os.PathLike | None) -> bool:
-    return path is not None and Path(path).is_dir() and (Path(path) / "config.json").is_file()
+    from mechdiff.checkpoint.hub_cache import resolve_model
+
+    if path is None:
+        return False
+    folder = resolve_model(path)  # a cached model id runs like its snapshot folder
+    return folder.is_dir() and (folder / "config.json").is_file()
 
 
 def run_model_lenses(base: str | os.PathLike, ft: str | os.PathLike, data: str | os.PathLike,
@@ -64,6 +68,7 @@ def run_model_lenses(base: str | os.PathLike, ft: str | os.PathLike, data: str |
 
     The crosscoder comes first: every rank takes part in it; the other two are rank 0's.
     """
+    from mechdiff.checkpoint.hub_cache import resolve_model
     from mechdiff.diffing.activations.collect import read_texts
     from mechdiff.diffing.behaviour.kl import BehaviourConfig, behaviour_diff
     from mechdiff.diffing.crosscoder.pipeline import crosscoder_on_models
@@ -74,7 +79,7 @@ def run_model_lenses(base: str | os.PathLike, ft: str | os.PathLike, data: str |
     base_model, ft_model, base_tok, ft_tok = load_model_pair(base, ft, device, progress=progress, dtype=config.dtype)
     behaviour = crosscoder = None
     if config.crosscoder:
-        model_config = read_config(Path(base)) or {}
+        model_config = read_config(resolve_model(base)) or {}
         layer = config.crosscoder_layer if config.crosscoder_layer is not None else _middle_layer(model_config)
         cc_config = audit_crosscoder_config(hidden_size(model_config), approx_tokens(texts),
                                             {"seed": config.seed, **config.crosscoder_options})
@@ -152,3 +157,24 @@ def audit_crosscoder_config(d_model: int, corpus_tokens: int, overrides: dict | 
     return CrosscoderConfig.from_dict({**CrosscoderConfig().to_dict(), **values, **(overrides or {})})
 
 
+def run_adapter_lenses(base: str | os.PathLike, adapter: str | os.PathLike, data: str | os.PathLike,
+                       config: AuditConfig, ctx: DistContext) -> ModelLenses | None:
+    """The behaviour lens on BASE + a LoRA adapter as one model, the adapter toggled (no second copy).
+
+    The crosscoder and components lenses hook the same submodules of both models at once,
+    which one shared model cannot serve; they do not run for an adapter.
+    """
+    from mechdiff.adapter_toggle import AdapterToggle
+    from mechdiff.checkpoint import LoraSource, open_source
+    from mechdiff.diffing.activations.collect import read_texts
+    from mechdiff.diffing.behaviour.kl import BehaviourConfig, behaviour_diff
+    from mechdiff.models import load_causal_lm
+
+    if not ctx.is_main or config.behaviour is None:
+        return None
+    model, tokenizer = load_causal_lm(base, rank_device((config.behaviour or BehaviourConfig()).device, ctx),
+                                      dtype=config.dtype)
+    toggle = AdapterToggle(model, LoraSource(open_source(base), adapter))
+    base_view, ft_view = toggle.views()
+    return ModelLenses(behaviour=behaviour_diff(base_view, ft_view, (tokenizer, tokenizer), read_texts(data),
+                                                config.behaviour))

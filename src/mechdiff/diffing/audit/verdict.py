@@ -5,8 +5,9 @@ from __future__ import annotations
 import statistics
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from mechdiff.diffing.audit.coverage import normalize_lenses
 from mechdiff.diffing.audit.findings import (
     OUTLIER_FACTOR,
     Finding,
@@ -16,6 +17,9 @@ from mechdiff.diffing.audit.findings import (
 from mechdiff.diffing.behaviour.kl import BehaviourConfig, BehaviourResult
 from mechdiff.diffing.weights.diff import DiffConfig
 from mechdiff.diffing.weights.result import WeightDiff
+
+if TYPE_CHECKING:
+    from mechdiff.store.protocol import PartWriter
 
 AUDIT_SCHEMA_VERSION = 1
 TOKENS_PER_FINDING = 5
@@ -74,9 +78,12 @@ class AuditResult:
     findings: list[Finding]
     threshold: float
     fail_above: float | None
-    lenses: list[str]
+    lenses: list[Any]
+    """Every lens as {"name", "ran", "why"} (a bare name is a lens that ran)."""
     behaviour: BehaviourResult | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    """Why the evidence may be thin (tiny corpus, a mostly dead crosscoder)."""
 
     @property
     def verdict(self) -> str:
@@ -89,15 +96,16 @@ class AuditResult:
         return {"schema_version": AUDIT_SCHEMA_VERSION, "verdict": self.verdict,
                 "findings": [f.to_json() for f in self.findings[:top]],
                 "thresholds": {"finding": self.threshold, "fail_above": self.fail_above},
-                "lenses": self.lenses,
+                "lenses": normalize_lenses(self.lenses), "warnings": self.warnings,
                 "behaviour": None if self.behaviour is None else self.behaviour.to_json(), **self.extra}
 
-    def write(self, writer: Any) -> None:
+    def write(self, writer: PartWriter) -> None:
         """Store under /audit (the lenses write their own groups)."""
         if self.findings:
             writer.table("audit/findings", findings_table(self.findings))
         writer.attrs("audit", {"verdict": self.verdict, "thresholds": {"finding": self.threshold},
-                               "fail_above": self.fail_above, "lenses": self.lenses,
+                               "fail_above": self.fail_above, "lenses": normalize_lenses(self.lenses),
+                               "warnings": self.warnings,
                                "calibration": _calibration_doc()})
         if self.behaviour is not None:
             self.behaviour.write(writer)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -11,6 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from mechdiff.diffing.activations.collect import max_positions, pad_batch, tokenize_pair
+
+if TYPE_CHECKING:
+    from mechdiff.store.protocol import PartWriter
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,7 @@ class BehaviourResult:
                 "top_contexts": self.contexts, "tokens_rose": self.rose, "tokens_fell": self.fell,
                 "kl_by_token": self.by_token}
 
-    def write(self, writer: Any) -> None:
+    def write(self, writer: PartWriter) -> None:
         """Store as /audit/behaviour_contexts and /audit/behaviour_tokens."""
         if self.contexts:
             writer.table("audit/behaviour_contexts", {k: [c[k] for c in self.contexts]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,6 +31,10 @@ from mechdiff.diffing.crosscoder.summary import summary_json
 from mechdiff.diffing.crosscoder.train import train_crosscoder
 from mechdiff.distributed import SINGLE, DistContext, all_gather
 from mechdiff.models import load_model_pair
+from mechdiff.training import Checkpointing
+
+if TYPE_CHECKING:
+    from mechdiff.store.protocol import PartWriter
 
 GROUP = "crosscoder"
 CONTEXT_CLASSES = ("ft-only", "base-only")
@@ -74,7 +78,7 @@ class CrosscoderResult:
             "class_thresholds": {"ft_only_min": FT_ONLY_MIN, "base_only_max": BASE_ONLY_MAX, "shared": list(SHARED_RANGE)},
         }
 
-    def write(self, writer: Any) -> None:
+    def write(self, writer: PartWriter) -> None:
         """Write group /crosscoder: latents and contexts tables, weights, top contexts, attrs.
 
         Args:
@@ -160,8 +164,8 @@ def _local_texts(docs: list[int], positions: list[int], data: PairedActivations,
 def run_crosscoder(base_dir: str | Path, ft_dir: str | Path, data_file: str | Path, layer: int,
                    config: CrosscoderConfig | None = None, *, site_kind: str = "resid",
                    activations: ActivationConfig | None = None, device: str = "cpu", top_n: int = 10,
-                   checkpoint_dir: str | Path | None = None, checkpoint_every: int = 0, resume: bool = False,
-                   progress: bool = True, ctx: DistContext = SINGLE, dtype: str = "float32") -> CrosscoderResult:
+                   checkpointing: Checkpointing | None = None, progress: bool = True,
+                   ctx: DistContext = SINGLE, dtype: str = "float32") -> CrosscoderResult:
     """Train a crosscoder on paired activations of two local models and analyse its latents.
 
     Args:
@@ -174,9 +178,7 @@ def run_crosscoder(base_dir: str | Path, ft_dir: str | Path, data_file: str | Pa
         activations: collection settings (default: up to config.tokens rows, memory or a temp cache).
         device: where the models run and the crosscoder trains.
         top_n: contexts kept per latent.
-        checkpoint_dir: checkpoints for long runs; with resume=True training continues there.
-        checkpoint_every: steps between checkpoints (0: only at the end).
-        resume: continue from the latest checkpoint in checkpoint_dir.
+        checkpointing: save the training every N steps / continue a saved run.
         progress: progress bars on stderr.
         ctx: the distributed context: under torchrun each rank collects activations of
             every world-th document (its share of config.tokens), training is data-parallel
@@ -191,23 +193,23 @@ def run_crosscoder(base_dir: str | Path, ft_dir: str | Path, data_file: str | Pa
     texts = read_texts(data_file)
     base, ft, base_tok, ft_tok = load_model_pair(base_dir, ft_dir, device, progress=progress, dtype=dtype)
     return crosscoder_on_models(base, ft, (base_tok, ft_tok), texts, layer, config, site_kind=site_kind,
-                                activations=activations, device=device, top_n=top_n, checkpoint_dir=checkpoint_dir,
-                                checkpoint_every=checkpoint_every, resume=resume, progress=progress, ctx=ctx)
+                                activations=activations, device=device, top_n=top_n, checkpointing=checkpointing,
+                                progress=progress, ctx=ctx)
 
 
 def crosscoder_on_models(base: Any, ft: Any, tokenizers: tuple[Any, Any], texts: list[str], layer: int,
                          config: CrosscoderConfig | None = None, *, site_kind: str = "resid",
                          activations: ActivationConfig | None = None, device: str = "cpu", top_n: int = 10,
-                         checkpoint_dir: str | Path | None = None, checkpoint_every: int = 0, resume: bool = False,
-                         progress: bool = True, ctx: DistContext = SINGLE) -> CrosscoderResult:
+                         checkpointing: Checkpointing | None = None, progress: bool = True,
+                         ctx: DistContext = SINGLE) -> CrosscoderResult:
     """`run_crosscoder` on models already loaded (the audit shares them across its lenses).
 
     Args:
         base: base causal LM; ft: fine-tuned causal LM (any nn.Module the collector can hook).
         tokenizers: (base tokenizer, ft tokenizer); they must agree on the texts.
         texts: documents.
-        layer, config, site_kind, activations, device, top_n, checkpoint_dir, checkpoint_every, resume,
-            progress, ctx: as in `run_crosscoder`.
+        layer, config, site_kind, activations, device, top_n, checkpointing, progress, ctx:
+            as in `run_crosscoder`.
 
     Returns:
         The analysed result.
@@ -222,7 +224,7 @@ def crosscoder_on_models(base: Any, ft: Any, tokenizers: tuple[Any, Any], texts:
         data = collect_activations(base, ft, (base_tok, ft_tok), texts, site=site, config=act_config,
                                    progress=progress and ctx.is_main)
         data = globalize(data, doc_ids, act_config.scale_sample_rows, ctx)
-        trained = train_crosscoder(data, config, checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
-                                   resume=resume, progress=progress, ctx=ctx, device=device)
+        trained = train_crosscoder(data, config, checkpointing=checkpointing, progress=progress, ctx=ctx,
+                                   device=device)
         return analyze_crosscoder(trained.module, data, config, site=site.describe(), decode=base_tok.decode,
                                   top_n=top_n, history=trained.state.history, progress=progress, ctx=ctx)

@@ -1,7 +1,7 @@
 """Training a crosscoder: schedule, one optimizer step, dead-latent tracking, the loop.
 
 The loop is deliberately thin: :func:`train_step` does the maths of one batch,
-:func:`lr_at` the schedule, :mod:`crosscoder_checkpoint` the saving and
+:func:`lr_schedule` the schedule, :mod:`mechdiff.training` the saving and
 resuming; :func:`train_crosscoder` only wires them together.
 """
 
@@ -11,17 +11,11 @@ import math
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol
 
 import torch
 from tqdm import tqdm
 
-from mechdiff.diffing.crosscoder.checkpoint import (
-    latest_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-)
 from mechdiff.diffing.crosscoder.config import CrosscoderConfig
 from mechdiff.diffing.crosscoder.module import CrossCoder, SparseCode
 from mechdiff.distributed import (
@@ -35,6 +29,7 @@ from mechdiff.distributed import (
 from mechdiff.errors import UsageError
 from mechdiff.kernels import sparse_decode
 from mechdiff.progress import new_bar
+from mechdiff.training import Checkpointing, LRSchedule, restore_training, save_training
 
 RANK_SEED_STRIDE = 7919  # each rank streams its own share in its own seeded order
 
@@ -84,14 +79,10 @@ class StepStats:
     """Latents dead at this step."""
 
 
-def lr_at(step: int, config: CrosscoderConfig) -> float:
-    """Learning rate at a step: linear warm-up, constant, then linear decay to 0 over decay_frac."""
-    total = config.steps
-    warm = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
-    decay_start = total * (1 - config.decay_frac)
-    if step < decay_start or config.decay_frac == 0:
-        return config.lr * warm
-    return config.lr * warm * max(0.0, (total - step) / (total - decay_start))
+def lr_schedule(config: CrosscoderConfig) -> LRSchedule:
+    """Linear warm-up, constant, then linear decay to 0 over the last ``decay_frac`` of the run."""
+    return LRSchedule(config.lr, config.steps, config.warmup_steps, "linear" if config.decay_frac else "constant",
+                      decay_start=config.steps * (1 - config.decay_frac))
 
 
 def l1_weight_at(step: int, config: CrosscoderConfig) -> float:
@@ -130,7 +121,7 @@ def train_step(
         The batch's metrics (averaged over ranks).
     """
     for group in optimizer.param_groups:
-        group["lr"] = lr_at(state.step, config)
+        group["lr"] = lr_schedule(config).at(state.step)
     optimizer.zero_grad(set_to_none=True)
     if config.sparsity == "batchtopk":
         loss, recon_BMD, code = _batchtopk_loss(module, x_BMD, state, config)
@@ -236,10 +227,7 @@ def train_crosscoder(
     data: BatchSource,
     config: CrosscoderConfig,
     *,
-    checkpoint_dir: str | Path | None = None,
-    checkpoint_every: int = 0,
-    resume: bool = False,
-    stop_after: int | None = None,
+    checkpointing: Checkpointing | None = None,
     log_every: int = 50,
     progress: bool = True,
     on_step: Callable[[int, StepStats], None] | None = None,
@@ -251,10 +239,7 @@ def train_crosscoder(
     Args:
         data: paired activations (raw; they are normalized with ``data.scales``).
         config: the run's configuration (``config.steps`` optimizer steps).
-        checkpoint_dir: where checkpoints go (safetensors + JSON); needed for resume.
-        checkpoint_every: save every N steps (0: only at the end when checkpoint_dir is set).
-        resume: continue from the latest checkpoint in checkpoint_dir, if there is one.
-        stop_after: stop after this many steps in total (an interrupted run, for tests and budgets).
+        checkpointing: save every N steps / resume a saved run / stop early (same config and data).
         log_every: steps between history entries.
         progress: show a tqdm bar on stderr.
         on_step: called with (step, stats) after every step.
@@ -274,11 +259,11 @@ def train_crosscoder(
     module.input_scale_M.copy_(data.scales)
     optimizer = make_optimizer(module, config)
     state = TrainState(rows_since_fired=torch.zeros(config.dict_size, dtype=torch.int64))
-    if resume and checkpoint_dir is not None and latest_checkpoint(checkpoint_dir) is not None:
-        state = load_checkpoint(latest_checkpoint(checkpoint_dir), module, optimizer, config)
+    if checkpointing is not None and checkpointing.resume:
+        state = _restore(checkpointing, module, optimizer, config) or state
     state.rows_since_fired = state.rows_since_fired.to(device)
     broadcast_module(ctx, module)
-    end = config.steps if stop_after is None else min(config.steps, stop_after)
+    end = config.steps if checkpointing is None else checkpointing.last_step(config.steps)
     batches = data.iter_batches(local_batch, config.seed + RANK_SEED_STRIDE * ctx.rank, start_step=state.step)
     module.train()
     with new_bar(total=end, initial=state.step, unit="step", desc="crosscoder", disable=not (progress and ctx.is_main),
@@ -288,10 +273,8 @@ def train_crosscoder(
             _log(state, stats, log_every, bar)
             if on_step is not None:
                 on_step(state.step, stats)
-            if checkpoint_dir is not None and checkpoint_every and state.step % checkpoint_every == 0:
-                _save(checkpoint_dir, module, optimizer, state, config, ctx)
-    if checkpoint_dir is not None and (not checkpoint_every or state.step % checkpoint_every):
-        _save(checkpoint_dir, module, optimizer, state, config, ctx)
+            if checkpointing is not None and checkpointing.due(state.step, end):
+                _save(checkpointing, module, optimizer, state, config, ctx)
     module.eval()
     state.rows_since_fired = state.rows_since_fired.cpu()
     return TrainResult(module.cpu(), state)
@@ -303,13 +286,25 @@ def _local_batch(batch: int, ctx: DistContext) -> int:
     return batch // ctx.world
 
 
-def _save(checkpoint_dir: str | Path, module: CrossCoder, optimizer: torch.optim.Optimizer, state: TrainState,
+def _save(checkpointing: Checkpointing, module: CrossCoder, optimizer: torch.optim.Optimizer, state: TrainState,
           config: CrosscoderConfig, ctx: DistContext) -> None:
     # rank 0 writes (every rank holds the same weights and state); the others wait so
     # that a run killed after this point resumes from this checkpoint on every rank
     if ctx.is_main:
-        save_checkpoint(checkpoint_dir, module, optimizer, state, config)
+        save_training(checkpointing.directory, state.step, modules={"module": module}, optimizer=optimizer,
+                      config=config.to_dict(), tensors={"state.rows_since_fired": state.rows_since_fired},
+                      meta={"history": state.history})
     barrier(ctx)
+
+
+def _restore(checkpointing: Checkpointing, module: CrossCoder, optimizer: torch.optim.Optimizer,
+             config: CrosscoderConfig) -> TrainState | None:
+    restored = restore_training(checkpointing.directory, modules={"module": module}, optimizer=optimizer,
+                                config=config.to_dict(), what="crosscoder")
+    if restored is None:
+        return None
+    return TrainState(step=restored.step, rows_since_fired=restored.tensors["state.rows_since_fired"],
+                      history=list(restored.meta["history"]))
 
 
 def _log(state: TrainState, stats: StepStats, log_every: int, bar: tqdm) -> None:

@@ -15,6 +15,7 @@ from mechdiff.checkpoint.fingerprint import known_digests, note_read, remember_d
 from mechdiff.checkpoint.layout import HeadGeometry, Layout, TensorInfo
 from mechdiff.checkpoint.pairing import Pairing, TensorPair, pair_sources
 from mechdiff.checkpoint.sources import TORCH_DTYPES, TensorSource, read_tensor
+from mechdiff.diffing.weights.experts import routing_change
 from mechdiff.diffing.weights.heads import HeadChange, HeadSlice, head_slices
 from mechdiff.diffing.weights.readout import ReadoutMatrices, Vocabulary
 from mechdiff.diffing.weights.result import TensorChange, WeightDiff
@@ -142,10 +143,14 @@ def _assemble(base: TensorSource, ft: TensorSource, pairing: Pairing, analyzed: 
     _count_intruders(reader, pairing, changes, config, (workspace, DeltaWorkspace()))
     warnings += [f"{r['tensor']} was resized {r['base_shape']} -> {r['ft_shape']}; shared rows compared"
                  for r in pairing.reshaped]
+    if pairing.unclassified:
+        listed = ", ".join(pairing.unclassified[:5]) + (", ..." if len(pairing.unclassified) > 5 else "")
+        warnings.append(f"could not classify {len(pairing.unclassified)} tensors (compared as 'other', no heads "
+                        f"or token readouts): {listed}")
     return WeightDiff(
         base=base.label, ft=ft.label, layout=pairing.layout.name, changes=changes, heads=list(heads.values()),
         added=pairing.added, removed=pairing.removed, reshaped=pairing.reshaped, warnings=warnings,
-        moved_tokens=list(dict.fromkeys(moved)), config=_config_json(config),
+        moved_tokens=list(dict.fromkeys(moved)), config=_config_json(config), unclassified=pairing.unclassified,
     )
 
 
@@ -172,36 +177,41 @@ class PairReader:
     def read(self, pair: TensorPair) -> tuple[torch.Tensor, torch.Tensor]:
         """The pair's base and ft tensors (see `_matched`), as views of the buffers."""
         for side, (source, name) in enumerate(((self._base, pair.base_name), (self._ft, pair.ft_name))):
-            self._buffers[side] = _grown(self._buffers[side], source, name)
+            self._buffers[side] = _grown(self._buffers[side], source, name, pair.rows)
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="mechdiff-read")
         # the ft read runs beside the base read (file reads release the GIL): nothing else
         # runs during the reads, so the second core copies instead of waiting
-        ft_read = self._pool.submit(_read_and_hash, self._ft, pair.ft_name, self._buffers[1])
+        ft_read = self._pool.submit(_read_and_hash, self._ft, pair.ft_name, self._buffers[1], pair.rows)
         try:
-            b = _read_and_hash(self._base, pair.base_name, self._buffers[0])
+            b = _read_and_hash(self._base, pair.base_name, self._buffers[0], pair.rows)
         finally:
             f = ft_read.result()
+        if pair.rows is not None:  # one expert of a fused tensor: drop the expert axis
+            b, f = b[0], f[0]
         return _matched(b, f, pair)
 
 
-def _read_and_hash(source: TensorSource, name: str, buffer: np.ndarray) -> torch.Tensor:
+def _read_and_hash(source: TensorSource, name: str, buffer: np.ndarray, rows: slice | None) -> torch.Tensor:
     """Read a tensor and take its bytes' digest for the source's fingerprint, in the reading thread.
 
     Why here: the bytes are in cache right after the read, and the two reading threads
-    hash base and ft side by side (hashlib releases the GIL).
+    hash base and ft side by side (hashlib releases the GIL). One expert's slice of a
+    fused tensor is not the whole tensor: the fingerprint reads those tensors itself.
     """
-    tensor = read_tensor(source, name, buffer)
-    note_read(source, name, tensor)
+    tensor = read_tensor(source, name, buffer, rows)
+    if rows is None:
+        note_read(source, name, tensor)
     return tensor
 
 
-def _grown(buffer: np.ndarray, source: TensorSource, name: str) -> np.ndarray:
+def _grown(buffer: np.ndarray, source: TensorSource, name: str, rows: slice | None = None) -> np.ndarray:
     meta = source.meta(name)
     dtype = TORCH_DTYPES.get(meta.dtype)
     if dtype is None or not hasattr(source, "get_into"):
         return buffer
-    need = math.prod(meta.shape) * dtype.itemsize
+    shape = meta.shape if rows is None or not meta.shape else (len(range(*rows.indices(meta.shape[0]))), *meta.shape[1:])
+    need = math.prod(shape) * dtype.itemsize
     # uninitialized: the read overwrites it (a zero-filled bytearray cost a pass of its own)
     return buffer if len(buffer) >= need else np.empty(need, np.uint8)
 
@@ -252,7 +262,7 @@ def _analyze_pair(
         rel_delta=stats.rel_delta, rank=0, structured_fraction=0.0, cosine=stats.cosine,
         max_abs_delta=stats.max_abs_d, norm_base=stats.norm_base, norm_delta=stats.norm_d,
         nan_base=stats.nan_base, inf_base=stats.inf_base, nan_ft=stats.nan_ft, inf_ft=stats.inf_ft,
-        shape=tuple(pair.ft_shape),
+        shape=_out_in_shape(tuple(pair.ft_shape), pair.info), expert=pair.expert,
     )
     if stored is None or stats.sum_d2 == 0.0:
         return change, [], []
@@ -263,6 +273,10 @@ def _analyze_pair(
         pair.info.kind, spectrum.U, spectrum.V, min(spectrum.rank, config.readout_directions), config.readout_tokens
     ) if spectrum.rank > 0 else ([], [])
     moved = readout.moved_rows(delta, config.readout_tokens) if pair.info.kind in ("embed", "unembed") else []
+    if pair.info.kind == "router" and readout.embed is not None:
+        top_k = layout.geometry.experts_per_token if layout.geometry else 1
+        change.routing = routing_change(readout.embed, _oriented(b, pair.info), delta, top_k, readout.vocab,
+                                        config.readout_tokens)
     heads = _head_changes(pair.info, delta, _oriented(b, pair.info), layout.geometry, config, device) if config.heads else []
     return change, heads, moved
 
@@ -290,6 +304,11 @@ def _finite_float(t: torch.Tensor, workspace: DeltaWorkspace) -> torch.Tensor:
     out = workspace.take(t.shape)
     out.copy_(t)
     return out.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def _out_in_shape(shape: tuple[int, ...], info: TensorInfo) -> tuple[int, ...]:
+    """The stored shape as [out, in] (GPT-2 Conv1D stores [in, out])."""
+    return shape[::-1] if info.orientation == "in_out" and len(shape) == 2 else shape
 
 
 def _oriented(t: torch.Tensor, info: TensorInfo) -> torch.Tensor:
@@ -326,10 +345,23 @@ def _head_changes(
     a value clears the detection cut (drift-only heads are settled by their values alone)."""
     if info.heads is None or geometry is None or info.layer is None:
         return []
-    slices = head_slices(info.heads, info.kind, tuple(delta.shape), geometry)
-    if not slices:
-        return []
-    blocks = _stacked_slices(slices, delta)  # [H, a, b]: every slice of one tensor has one shape
+    out = []
+    for slices in _same_shape_groups(head_slices(info.heads, info.kind, tuple(delta.shape), geometry), delta):
+        out += _scored_slices(info, slices, delta, base, config, device)
+    return out
+
+
+def _same_shape_groups(slices: list[HeadSlice], matrix: torch.Tensor) -> list[list[HeadSlice]]:
+    """Slices grouped by block shape, in order (MLA's k and v rows per head differ in size)."""
+    groups: dict[tuple[int, ...], list[HeadSlice]] = {}
+    for sl in slices:
+        groups.setdefault(tuple(sl.take(matrix).shape), []).append(sl)  # a view: no copy
+    return list(groups.values())
+
+
+def _scored_slices(info: TensorInfo, slices: list[HeadSlice], delta: torch.Tensor, base: torch.Tensor,
+                   config: DiffConfig, device: torch.device) -> list:
+    blocks = _stacked_slices(slices, delta)  # [H, a, b]: the group's slices share one shape
     values, frob2 = _batched_singular_values(blocks)
     out = []
     for sl, block, s_h, f2 in zip(slices, blocks, values, frob2):
@@ -391,20 +423,24 @@ def _nonfinite_warnings(change: TensorChange) -> list[str]:
 
 
 def _readout_matrices(base: TensorSource, pairing: Pairing) -> ReadoutMatrices:
-    """Load the base model's embedding, unembedding and final norm once, for token readouts."""
+    """Load the base model's embedding, unembedding and final norm once, for token readouts
+    (in their stored dtype: the products upcast row blocks, see readout.rows_times)."""
     layout = pairing.layout
     by_canonical = {p.info.canonical: p for p in pairing.pairs}
     kinds = {p.info.kind: p for p in pairing.pairs}
     embed_pair = by_canonical.get(layout.embed or "") or kinds.get("embed")
     unembed_pair = by_canonical.get(layout.unembed or "") or kinds.get("unembed") or embed_pair
-    embed = base.get(embed_pair.base_name).float() if embed_pair else None
-    unembed = None
+    embed = _float_table(base.get(embed_pair.base_name)) if embed_pair else None
+    unembed = gain = None
     if unembed_pair is not None:
-        unembed = embed if unembed_pair is embed_pair else base.get(unembed_pair.base_name).float()
+        unembed = embed if unembed_pair is embed_pair else _float_table(base.get(unembed_pair.base_name))
         norm_pair = by_canonical.get(layout.final_norm or "")
         if norm_pair is not None and unembed is not None:
             gain = base.get(norm_pair.base_name).float() + layout.norm_offset
-            if gain.shape == unembed.shape[1:]:
-                # logits of direction x are W_U (g * x); in place unless tied to the embedding
-                unembed = unembed * gain if unembed is embed else unembed.mul_(gain)
-    return ReadoutMatrices(embed, unembed, Vocabulary.from_folder(base.folder))
+            gain = gain if gain.shape == unembed.shape[1:] else None
+    return ReadoutMatrices(embed, unembed, Vocabulary.from_folder(base.folder), unembed_gain=gain)
+
+
+def _float_table(t: torch.Tensor) -> torch.Tensor:
+    """A [vocab, d] table kept in a float dtype torch can multiply (upcast only if it is not one)."""
+    return t if t.dtype in NATIVE_DTYPES else t.float()

@@ -53,13 +53,16 @@ def _from_tokenizer_json(path: Path) -> dict[int, str]:
 class ReadoutMatrices:
     """Embedding (what the residual stream reads from tokens) and unembedding (what it writes to logits).
 
-    Both are float32 [vocab, d]; ``final_scale`` is the final norm's effective gain,
-    folded into the unembedding so a direction is read as the logits it would cause.
+    Both are [vocab, d] in the checkpoint's stored dtype: a float32 copy of a 128k-token
+    table is 2 GB, so products run in row blocks upcast one at a time. ``unembed_gain`` is
+    the final norm's effective gain, applied to a direction before it meets the unembedding
+    (W_U (g * x)), so the direction is read as the logits it would cause.
     """
 
     embed: torch.Tensor | None
     unembed: torch.Tensor | None
     vocab: Vocabulary
+    unembed_gain: torch.Tensor | None = None
 
     def tokens_for(self, kind: str, U: np.ndarray, V: np.ndarray, n_dirs: int, top: int) -> tuple[list[str], list[str]]:
         """Readouts of the first ``n_dirs`` singular directions of a change.
@@ -78,11 +81,12 @@ class ReadoutMatrices:
         if kind in READS_RESIDUAL and self.embed is not None and V.shape[0] == self.embed.shape[1]:
             tokens_in = self._top_tokens(self.embed, V[:, :n_dirs], top)
         if kind in WRITES_RESIDUAL and self.unembed is not None and U.shape[0] == self.unembed.shape[1]:
-            tokens_out = self._top_tokens(self.unembed, U[:, :n_dirs], top)
+            U = U[:, :n_dirs] if self.unembed_gain is None else U[:, :n_dirs] * self.unembed_gain.numpy()[:, None]
+            tokens_out = self._top_tokens(self.unembed, U, top)
         return tokens_in, tokens_out
 
     def _top_tokens(self, table: torch.Tensor, directions: np.ndarray, top: int) -> list[str]:
-        scores = table @ torch.from_numpy(np.ascontiguousarray(directions, dtype=np.float32))  # [vocab, r]
+        scores = rows_times(table, torch.from_numpy(np.ascontiguousarray(directions, dtype=np.float32)))  # [vocab, r]
         tokens: list[str] = []
         for col in scores.T:
             # a singular vector's sign is arbitrary: orient it so its strongest token is positive
@@ -98,3 +102,17 @@ class ReadoutMatrices:
         norms = torch.linalg.vector_norm(delta_rows.float(), dim=1)
         idx = torch.topk(norms, min(top, norms.numel())).indices.tolist()
         return [self.vocab.token(i) for i in idx if norms[i] > 0]
+
+
+READOUT_BLOCK_ROWS = 16384
+
+
+def rows_times(table: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """``table.float() @ matrix`` for a [rows, d] table in any float dtype, upcasting one block of
+    rows at a time (the float32 copy of a 128k-token table alone would be 2 GB)."""
+    if table.dtype == torch.float32:
+        return table @ matrix
+    out = torch.empty(table.shape[0], matrix.shape[1])
+    for start in range(0, table.shape[0], READOUT_BLOCK_ROWS):
+        out[start:start + READOUT_BLOCK_ROWS] = table[start:start + READOUT_BLOCK_ROWS].float() @ matrix
+    return out

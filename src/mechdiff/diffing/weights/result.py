@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mechdiff import __version__
+from mechdiff.diffing.weights.experts import ExpertChange, expert_changes
 from mechdiff.diffing.weights.heads import HeadChange
+from mechdiff.diffing.weights.relation import relation, relation_warning
+
+if TYPE_CHECKING:
+    from mechdiff.store.protocol import PartWriter
 
 JSON_SCHEMA_VERSION = 1
 # Columns of /weights/changes, in order; `tokens_*` are joined with "\x1f" in HDF5.
 CHANGE_COLUMNS = (
     "tensor", "layer", "kind", "score", "rel_delta", "rank", "structured_fraction", "cosine",
     "max_abs_delta", "norm_base", "norm_delta", "noise_sigma", "bulk_edge", "stable_rank",
-    "n_intruders", "nan_base", "inf_base", "nan_ft", "inf_ft", "shape",
+    "n_intruders", "nan_base", "inf_base", "nan_ft", "inf_ft", "shape", "expert",
 )
 TOKEN_SEP = "\x1f"
 
@@ -49,10 +54,12 @@ class TensorChange:
     singular_values: np.ndarray | None = None  # float32[k]
     U: np.ndarray | None = None  # float16[out, r]
     V: np.ndarray | None = None  # float16[in, r]
+    expert: int | None = None  # the MoE expert this tensor (or fused-tensor slice) belongs to
+    routing: dict[str, Any] | None = None  # routers: where tokens are sent now (experts.routing_change)
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "tensor": self.tensor, "layer": self.layer, "kind": self.kind, "head": None,
+            "tensor": self.tensor, "layer": self.layer, "kind": self.kind, "head": None, "expert": self.expert,
             "score": self.score, "rel_delta": self.rel_delta, "rank": self.rank,
             "structured_fraction": self.structured_fraction, "tokens_in": self.tokens_in,
             "tokens_out": self.tokens_out, "cosine": self.cosine, "max_abs_delta": self.max_abs_delta,
@@ -79,23 +86,43 @@ class WeightDiff:
     warnings: list[str] = field(default_factory=list)
     moved_tokens: list[str] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
+    experts: list[ExpertChange] = field(default_factory=list)
+    unclassified: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.changes.sort(key=lambda c: (-c.score, c.tensor))
         self.heads.sort(key=lambda h: (-h.score, h.layer, h.head, h.kind))
+        if not self.experts:
+            self.experts = expert_changes(self.changes)
+        warning = relation_warning(self.relation, self.changes)
+        if warning is not None and warning not in self.warnings:
+            self.warnings.insert(0, warning)
+
+    @property
+    def relation(self) -> str:
+        """"identical" (same weights), "unrelated" (not a fine-tune of BASE) or "fine-tune"."""
+        return relation(self.changes, self.added, self.removed, self.reshaped)
+
+    @property
+    def routing(self) -> list[dict[str, Any]]:
+        """Router changes read out through the embedding, one per router, most rerouting first."""
+        rows = [{"tensor": c.tensor, "layer": c.layer, **c.routing} for c in self.changes if c.routing]
+        return sorted(rows, key=lambda r: -r["tokens_rerouted"])
 
     def to_json(self, top: int | None = None) -> dict[str, Any]:
         """The ``--json`` document of DESIGN.md (``top`` limits changes and heads)."""
         return {
             "schema_version": JSON_SCHEMA_VERSION, "mechdiff_version": __version__,
-            "base": self.base, "ft": self.ft, "layout": self.layout,
+            "base": self.base, "ft": self.ft, "layout": self.layout, "relation": self.relation,
             "changes": [c.to_json() for c in self.changes[:top]],
             "heads": [h.to_json() for h in self.heads[:top]],
+            "experts": [e.to_json() for e in self.experts[:top]],
+            "routing": self.routing, "unclassified": self.unclassified,
             "added": self.added, "removed": self.removed, "reshaped": self.reshaped,
             "moved_tokens": self.moved_tokens, "warnings": self.warnings,
         }
 
-    def write(self, writer: Any) -> None:
+    def write(self, writer: PartWriter) -> None:
         """Store under /weights and /heads of a ResultsWriter."""
         columns: dict[str, Any] = {name: [] for name in CHANGE_COLUMNS}
         for change in self.changes:
@@ -113,8 +140,15 @@ class WeightDiff:
         writer.attrs("weights", {
             "config": self.config, "layout": self.layout, "added": self.added, "removed": self.removed,
             "reshaped": self.reshaped, "warnings": self.warnings, "moved_tokens": self.moved_tokens,
-            "token_separator": TOKEN_SEP, "rows": "ranked by score; vectors/<row>/U,V are float16",
+            "token_separator": TOKEN_SEP, "shape_order": "out,in", "rows": "ranked by score; vectors/<row>/U,V are float16",
+            "routing": self.routing, "unclassified": self.unclassified,
         })
+        if self.experts:
+            writer.table("weights/experts", {
+                "layer": [e.layer for e in self.experts], "expert": [e.expert for e in self.experts],
+                "score": [e.score for e in self.experts], "rank": [e.rank for e in self.experts],
+                "parts": [",".join(sorted(e.parts)) for e in self.experts],
+            })
         if self.heads:
             writer.table("heads/heads", {
                 "layer": [h.layer for h in self.heads], "head": [h.head for h in self.heads],
@@ -126,7 +160,7 @@ class WeightDiff:
 
 
 def _cell(name: str, value: Any) -> Any:
-    if name == "layer":
+    if name in ("layer", "expert"):
         return -1 if value is None else value
     if name == "shape":
         return "x".join(str(d) for d in value)
@@ -149,8 +183,10 @@ def load_weight_diff(results: Any) -> WeightDiff:
     singular = np.asarray(part.array("singular_values"))
     changes = []
     for i, row in enumerate(table):
-        values = {name: row[name].item() if hasattr(row[name], "item") else row[name] for name in CHANGE_COLUMNS}
+        present = [name for name in CHANGE_COLUMNS if name in table.dtype.names]  # files before `expert`
+        values = {name: row[name].item() if hasattr(row[name], "item") else row[name] for name in present}
         values["layer"] = None if values["layer"] < 0 else values["layer"]
+        values["expert"] = None if values.get("expert", -1) < 0 else values["expert"]
         values["shape"] = tuple(int(d) for d in str(values["shape"]).split("x") if d)
         change = TensorChange(**values)
         change.tokens_in = [t for t in str(row["tokens_in"]).split(TOKEN_SEP) if t]
@@ -158,6 +194,10 @@ def load_weight_diff(results: Any) -> WeightDiff:
         sv = singular[i] if singular.size else np.zeros(0, np.float32)
         change.singular_values = sv[~np.isnan(sv)]
         changes.append(change)
+    by_tensor = {c.tensor: c for c in changes}
+    for row in attrs.get("routing", []):
+        if row.get("tensor") in by_tensor:
+            by_tensor[row["tensor"]].routing = {k: v for k, v in row.items() if k not in ("tensor", "layer")}
     heads = []
     if "heads" in results.parts:
         hpart = results.part("heads")
@@ -172,4 +212,5 @@ def load_weight_diff(results: Any) -> WeightDiff:
         changes=changes, heads=heads, added=attrs.get("added", []), removed=attrs.get("removed", []),
         reshaped=attrs.get("reshaped", []), warnings=attrs.get("warnings", []),
         moved_tokens=attrs.get("moved_tokens", []), config=attrs.get("config", {}),
+        unclassified=attrs.get("unclassified", []),
     )

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from mechdiff.weightdecomp.spd.ci import CIBank, hard_sigmoid
 from mechdiff.weightdecomp.spd.config import SPDConfig
+
+if TYPE_CHECKING:
+    from mechdiff.store.protocol import PartWriter
 
 GROUP = "components"
 
@@ -100,7 +103,7 @@ class Decomposition:
         return {"output": self.output, "modules": modules,
                 "final_losses": self.history[-1] if self.history else {}, "config": self.config.to_dict()}
 
-    def write(self, writer: Any) -> None:
+    def write(self, writer: PartWriter) -> None:
         """Write everything under ``/components`` of an open ``ResultsWriter``.
 
         Layout: table ``/components/components`` (one row per subcomponent:

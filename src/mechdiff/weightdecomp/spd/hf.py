@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from mechdiff.errors import InputError
 from mechdiff.models import load_causal_lm
-from mechdiff.weightdecomp.spd.checkpoint import Checkpointing
+from mechdiff.training import Checkpointing
 from mechdiff.weightdecomp.spd.config import SPDConfig
 from mechdiff.weightdecomp.spd.decomposition import Decomposition
 from mechdiff.weightdecomp.spd.trainer import decompose_module

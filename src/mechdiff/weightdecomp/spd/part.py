@@ -6,6 +6,8 @@ group (the store imports it lazily when a results file is opened).
 
 from __future__ import annotations
 
+from typing import Any
+
 import h5py
 import numpy as np
 
@@ -52,6 +54,26 @@ class ComponentsPart(Part):
             output=attrs.get("output", "mse"),
             history=list(attrs.get("history", [])),
         )
+
+    def ranked_components(self) -> np.ndarray:
+        """The components table, most important first (mean causal importance, then alive frequency)."""
+        table = self.table("components")
+        return table[np.lexsort((-table["alive_frequency"], -table["mean_ci"]))]
+
+    def to_json(self, top: int | None = None) -> dict[str, Any]:
+        """Per module its alive count, the toy's ground-truth metrics when it was a toy, the top components."""
+        attrs = self.attrs
+        alive = attrs.get("n_alive", {})
+        counts = {}
+        table = self.table("components")
+        for module in self.modules:
+            counts[module] = int(np.sum(table["module"] == module))
+        modules = [{"module": m, "kind": attrs.get("kinds", {}).get(m), "n_components": counts[m],
+                    "n_alive": alive.get(m)} for m in self.modules]
+        rows = [{"module": str(r["module"]), "index": int(r["index"]), "mean_ci": float(r["mean_ci"]),
+                 "alive_frequency": float(r["alive_frequency"]), "norm": float(r["norm"]), "alive": bool(r["alive"])}
+                for r in self.ranked_components()[:top]]
+        return {"modules": modules, "toy": attrs.get("toy"), "output": attrs.get("output"), "components": rows}
 
     def _module_group(self, module: str) -> h5py.Group:
         if module not in self.group:

@@ -8,7 +8,6 @@ minimality (see "Stochastic parameter decomposition" in DESIGN.md).
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -20,8 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from mechdiff.errors import InputError
-from mechdiff.weightdecomp.spd import checkpoint as spd_checkpoint
-from mechdiff.weightdecomp.spd.checkpoint import Checkpointing
+from mechdiff.training import Checkpointing, LRSchedule, restore_training, save_training
 from mechdiff.weightdecomp.spd.ci import (
     hard_sigmoid,
     lower_leaky_hard_sigmoid,
@@ -96,6 +94,7 @@ class SPDTrainer:
         self.importance_scales = [config.importance_scale(name) for name in self.layers]
         self.params = [p for layer in self.layers.values() for p in layer.parameters()]
         self.optimizer = torch.optim.Adam(self.params, lr=config.lr)
+        self.schedule = lr_schedule(config)
         for p in model.parameters():
             p.requires_grad_(False)
 
@@ -146,9 +145,9 @@ class SPDTrainer:
         return recon / cfg.n_mask_samples, layerwise / cfg.n_mask_samples
 
     def step(self, batch: Any, step: int) -> StepLosses:
-        """One optimizer step at learning rate ``lr_at(step)``."""
+        """One optimizer step at the learning rate of ``lr_schedule(config)`` at ``step``."""
         for group in self.optimizer.param_groups:
-            group["lr"] = lr_at(self.config, step)
+            group["lr"] = self.schedule.at(step)
         losses = self.losses(batch, step)
         self.optimizer.zero_grad(set_to_none=True)
         losses.total.backward()
@@ -190,15 +189,9 @@ class SPDTrainer:
         return Decomposition(modules=modules, config=self.config, output=self.output, history=history)
 
 
-def lr_at(config: SPDConfig, step: int) -> float:
-    """Learning rate at ``step``: linear warm-up, then constant or cosine decay to 0."""
-    warmup = int(config.lr_warmup_frac * config.steps)
-    if step < warmup:
-        return config.lr * (step + 1) / warmup
-    if config.lr_schedule == "constant":
-        return config.lr
-    progress = (step - warmup) / max(1, config.steps - warmup)
-    return config.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+def lr_schedule(config: SPDConfig) -> LRSchedule:
+    """Linear warm-up over ``lr_warmup_frac`` of the steps, then constant or cosine decay to 0."""
+    return LRSchedule(config.lr, config.steps, int(config.lr_warmup_frac * config.steps), config.lr_schedule)
 
 
 def _batch_stream(data: Iterable[Any]) -> Iterator[Any]:
@@ -263,10 +256,10 @@ def train(trainer: SPDTrainer, stream: Iterator[Any], *, progress: bool, log_eve
     steps = trainer.config.steps
     first, history = 0, []
     if checkpointing is not None and checkpointing.resume:
-        first, history = spd_checkpoint.restore(trainer, checkpointing.directory)
+        first, history = _restore(trainer, checkpointing)
         for _ in range(first):  # the same batches in the same order as an uninterrupted run
             next(stream)
-    last = steps if checkpointing is None or checkpointing.stop_after is None else min(steps, checkpointing.stop_after)
+    last = steps if checkpointing is None else checkpointing.last_step(steps)
     start = time.perf_counter()
     bar = new_bar(range(first, last), file=sys.stderr, disable=not progress, desc="SPD", mininterval=1.0)
     for step in bar:
@@ -275,10 +268,22 @@ def train(trainer: SPDTrainer, stream: Iterator[Any], *, progress: bool, log_eve
             row = {"step": step, "seconds": time.perf_counter() - start, **losses.as_floats()}
             history.append(row)
             bar.set_postfix(total=f"{row['total']:.3g}", recon=f"{row['stochastic_recon']:.3g}")
-        if checkpointing is not None and _due(checkpointing, step + 1, last):
-            spd_checkpoint.save(trainer, checkpointing.directory, step + 1, history)
+        if checkpointing is not None and checkpointing.due(step + 1, last):
+            save_training(checkpointing.directory, step + 1, modules=_layer_modules(trainer),
+                          optimizer=trainer.optimizer, config=trainer.config.to_dict(),
+                          tensors={"generator": trainer.generator.get_state()}, meta={"history": history})
     return history
 
 
-def _due(checkpointing: Checkpointing, done: int, last: int) -> bool:
-    return done == last or (checkpointing.every > 0 and done % checkpointing.every == 0)
+def _layer_modules(trainer: SPDTrainer) -> dict[str, nn.Module]:
+    return {f"layer.{name}": layer for name, layer in trainer.layers.items()}
+
+
+def _restore(trainer: SPDTrainer, checkpointing: Checkpointing) -> tuple[int, list[dict[str, float]]]:
+    """Load the newest checkpoint into the trainer; returns (completed steps, history) or (0, [])."""
+    restored = restore_training(checkpointing.directory, modules=_layer_modules(trainer),
+                                optimizer=trainer.optimizer, config=trainer.config.to_dict(), what="SPD")
+    if restored is None:
+        return 0, []
+    trainer.generator.set_state(restored.tensors["generator"].to(torch.uint8))
+    return restored.step, list(restored.meta["history"])

@@ -6,13 +6,13 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from mechdiff.errors import InputError
-from mechdiff.weightdecomp.spd.checkpoint import Checkpointing
+from mechdiff.training import Checkpointing
 from mechdiff.weightdecomp.spd.config import SPDConfig
 from mechdiff.weightdecomp.spd.decomposition import Decomposition, ModuleComponents
 from mechdiff.weightdecomp.spd.trainer import decompose_module
@@ -24,6 +24,9 @@ from mechdiff.weightdecomp.toys.models import (
 )
 
 TOYS = ("tms-5-2", "tms-5-2-id", "tms-40-10", "resid-mlp")
+
+if TYPE_CHECKING:
+    from mechdiff.store.protocol import PartWriter
 
 # SPD settings per toy: the published coefficients (C, importance coefficient, p;
 # Bushnaq et al. 2025) with batch 256 instead of 4096 and a 5x larger learning
@@ -46,7 +49,8 @@ TOY_CONFIGS: dict[str, SPDConfig] = {
     # so shared components cannot linger) and annealing to the published p = 2 over the
     # first 30% fixed linear2 at every seed, but at seed 0 let linear1 merge features
     # (40 alive, MMCS 0.936); linear1 x1.5 fixed that (x0.5 merged more). With both,
-    # seeds 0-7: 40/40 each, MMCS >= 0.99998, 367-416 s with two runs on the 2 cores.
+    # seeds 0-7: 40/40 each, MMCS >= 0.99998, 367-416 s with two runs on the 2 cores
+    # (the sweep: benchmarks/sweep_tms_seeds.py --toy tms-40-10 --seeds 0-7).
     "tms-40-10": SPDConfig(n_components=200, importance_minimality_coeff=1e-4, pnorm=2.0,
                            pnorm_start=1.0, pnorm_anneal_frac=0.3,
                            importance_module_scale={"linear1": 1.5, "linear2": 2.0},
@@ -152,6 +156,12 @@ class ToyReport:
     @property
     def targets_met(self) -> bool:
         return all(self.targets.values())
+
+    def write(self, writer: PartWriter) -> None:
+        """The decomposition under ``/components`` plus this report's metrics as its ``toy`` attribute."""
+        self.decomposition.write(writer)
+        metrics = {k: v for k, v in self.to_json().items() if k not in ("config", "ci_pattern")}
+        writer.attrs("components", {"toy": metrics})
 
     def to_json(self) -> dict[str, Any]:
         """Everything but the decomposition, as JSON-ready values."""
