@@ -23,7 +23,8 @@ from mechdiff.diffing.audit.lenses import (
 from mechdiff.diffing.audit.verdict import AuditConfig, AuditResult
 from mechdiff.diffing.weights.diff import DiffConfig, diff_sources
 from mechdiff.diffing.weights.result import WeightDiff
-from mechdiff.distributed import barrier, init_from_env, rank_device
+from mechdiff.distributed import barrier, init_from_env, rank_device, resolve_device
+from mechdiff.needs import check_needs
 from mechdiff.progress import progress_bar
 from mechdiff.store import ResultsWriter, check_output_path
 from mechdiff.training import Checkpointing
@@ -133,6 +134,8 @@ def audit_checkpoints(
     inputs = [p for p in (base, ft, adapter, data) if p is not None]
     out_path = check_output_path(out, inputs) if out is not None else None
     report_path = check_output_path(report, inputs) if report is not None else None
+    check_needs(models=data is not None and runnable(base) and (adapter is not None or runnable(ft)),
+                report=report is not None)
     corpus_tokens = 0
     if data is not None:
         from mechdiff.diffing.activations.collect import read_texts
@@ -245,6 +248,7 @@ def decompose_model(
     from mechdiff.weightdecomp.spd.config import SPDConfig
 
     out_path = check_output_path(out, [p for p in (model, data) if p is not None]) if out is not None else None
+    check_needs(models=model is not None)
     changes = {k: v for k, v in (overrides or {}).items() if v is not None}
     if toy is not None:
         from mechdiff.weightdecomp.toys.recipes import TOY_CONFIGS, run_toy
@@ -274,7 +278,8 @@ def train_crosscoder_pair(
     site: str = "resid",
     out: str | os.PathLike | None = None,
     options: dict | None = None,
-    device: str = "cpu",
+    device: str = "auto",
+    dtype: str = "float32",
     checkpointing: Checkpointing | None = None,
     progress: bool = True,
 ) -> dict | None:
@@ -289,8 +294,10 @@ def train_crosscoder_pair(
         layer: block index whose output is read.
         site: "resid", "mlp" or "attn".
         out: results file (HDF5) to write atomically.
-        options: CrosscoderConfig fields (None values fall back to sizes fitted to model and corpus).
-        device: where the models run.
+        options: CrosscoderConfig fields (None values fall back to sizes fitted to model and corpus),
+            e.g. ``seed``.
+        device: where the models run and the crosscoder trains ("auto": a GPU when there is one).
+        dtype: dtype the models run in.
         checkpointing: save / resume a long training (``mechdiff.training.Checkpointing``).
         progress: progress bars on stderr.
 
@@ -302,14 +309,16 @@ def train_crosscoder_pair(
     from mechdiff.errors import UsageError
 
     out_path = check_output_path(out, [base, ft, data]) if out is not None else None
+    check_needs(models=True)
     model_config = read_config(Path(base)) or {}
     overrides = {k: v for k, v in (options or {}).items() if v is not None}
     try:
         config = audit_crosscoder_config(hidden_size(model_config), approx_tokens(read_texts(data)), overrides)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
+    device = resolve_device(device)
     ctx = init_from_env(device)
-    result = run_crosscoder(base, ft, data, layer, config, site_kind=site, device=rank_device(device, ctx),
+    result = run_crosscoder(base, ft, data, layer, config, site_kind=site, device=rank_device(device, ctx), dtype=dtype,
                             checkpointing=checkpointing, progress=progress, ctx=ctx)
     if not ctx.is_main:
         barrier(ctx)

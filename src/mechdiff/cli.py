@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,13 +17,28 @@ from mechdiff.errors import MechdiffError
 EXIT_USAGE, EXIT_INPUT, EXIT_INTERRUPTED = 2, 3, 130
 
 
-def _fail(message: str, code: int) -> None:
+def _fail(message: str, code: int, debug: bool = False) -> None:
+    if debug:
+        traceback.print_exc(file=sys.stderr)
     click.echo(f"mechdiff: error: {message}", err=True)
     sys.exit(code)
 
 
+class _Group(click.Group):
+    """The command group; ``--debug`` is accepted anywhere before ``--`` (after the subcommand too)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        end = args.index("--") if "--" in args else len(args)
+        if "--debug" in args[:end]:
+            args = ["--debug", *(a for a in args[:end] if a != "--debug"), *args[end:]]
+        return super().parse_args(ctx, args)
+
+
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn every failure into one line on stderr and the exit code DESIGN.md promises."""
+    """Turn every failure into one line on stderr and the exit code DESIGN.md promises.
+
+    ``--debug`` adds the traceback above that line; the exit code stays the same.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -32,21 +48,16 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise  # click's own usage errors keep exit code 2
         except MechdiffError as exc:
-            if debug:
-                raise
-            _fail(str(exc), exc.exit_code)
+            _fail(str(exc), exc.exit_code, debug)
         except KeyboardInterrupt:
-            _fail("interrupted; no results were written", EXIT_INTERRUPTED)
+            _fail("interrupted; no results were written", EXIT_INTERRUPTED, debug)
         except (OSError, MemoryError) as exc:
-            if debug:
-                raise
-            _fail(f"{type(exc).__name__}: {exc}", EXIT_INPUT)
-        except Exception as exc:  # a bug: still one line, the traceback behind --debug
+            _fail(f"{type(exc).__name__}: {exc}", EXIT_INPUT, debug)
+        except Exception as exc:  # noqa: BLE001 - a bug: still one line, the traceback behind --debug
             if _caused_by_interrupt(exc):  # Ctrl-C inside compiled code arrives wrapped
-                _fail("interrupted; no results were written", EXIT_INTERRUPTED)
-            if debug:
-                raise
-            _fail(f"internal error ({type(exc).__name__}: {exc}); rerun with --debug and report it", EXIT_INPUT)
+                _fail("interrupted; no results were written", EXIT_INTERRUPTED, debug)
+            _fail(f"internal error ({type(exc).__name__}: {exc}); rerun with --debug and report it", EXIT_INPUT,
+                  debug)
 
     return wrapper
 
@@ -68,6 +79,19 @@ def checkpoint_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--checkpoint-dir", type=click.Path(), help="Save training checkpoints here.")(fn)
 
 
+DEVICES = click.Choice(["auto", "cpu", "cuda"])
+DTYPES = click.Choice(["float32", "bfloat16", "float16"])
+
+
+def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--device / --seed / --dtype, shared by the commands that run models or train."""
+    fn = click.option("--dtype", type=DTYPES, default="float32", show_default=True,
+                      help="dtype the models run in.")(fn)
+    fn = click.option("--seed", type=int, default=0, show_default=True, help="Seed of everything trained.")(fn)
+    return click.option("--device", type=DEVICES, default="auto", show_default=True,
+                        help="Where models run and training happens (auto: a GPU when there is one).")(fn)
+
+
 def make_checkpointing(checkpoint_dir: str | None, checkpoint_every: int, resume: bool) -> Any:
     """The Checkpointing of --checkpoint-dir / --checkpoint-every / --resume (None without a directory)."""
     if resume and not checkpoint_dir:
@@ -83,7 +107,7 @@ def emit_json(document: dict) -> None:
     click.echo(json.dumps(document, indent=2, default=str))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
 @click.version_option(package_name="mechdiff")
 def main(debug: bool) -> None:
@@ -157,26 +181,25 @@ def show(results: str, top: int | None, as_json: bool) -> None:
 @click.option("--components-steps", type=click.IntRange(1), default=2000, show_default=True)
 @click.option("--neutral-tokens", type=click.IntRange(1), default=10_000, show_default=True,
               help="Without --data: tokens sampled from BASE (seeded) for the lenses that run both models.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@model_options
 @click.option("--top", type=click.IntRange(1), default=None, help="Findings shown (default 10) / emitted (all).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 @handle_errors
 def audit(base: str, ft: str | None, data: str | None, adapter: str | None, out: str | None, report: str | None,
           fail_above: float | None, layer: int | None, no_crosscoder: bool, component_globs: tuple[str, ...],
-          components_steps: int, neutral_tokens: int, device: str, top: int | None, as_json: bool,
-          no_progress: bool) -> None:
+          components_steps: int, neutral_tokens: int, device: str, seed: int, dtype: str, top: int | None,
+          as_json: bool, no_progress: bool) -> None:
     """Audit FT against BASE: every lens that applies, ranked findings, a verdict (exit 1 above --fail-above)."""
     from mechdiff.api import audit_checkpoints
-    from mechdiff.diffing.audit.verdict import AuditConfig
+    from mechdiff.diffing.audit.run_options import audit_config
     from mechdiff.diffing.behaviour.neutral import NeutralConfig
-    from mechdiff.diffing.weights.diff import DiffConfig
 
     if (ft is None) == (adapter is None):
         raise click.UsageError("give either FT or --adapter DIR (not both, not neither)")
-    config = AuditConfig(diff=DiffConfig(device=device), crosscoder=not no_crosscoder, crosscoder_layer=layer,
-                         components=component_globs, components_steps=components_steps, fail_above=fail_above,
-                         neutral=NeutralConfig(tokens=neutral_tokens))
+    config = audit_config(device, seed=seed, dtype=dtype, crosscoder=not no_crosscoder, crosscoder_layer=layer,
+                          components=component_globs, components_steps=components_steps, fail_above=fail_above,
+                          neutral=NeutralConfig(tokens=neutral_tokens))
     result = audit_checkpoints(base, ft, data=data, adapter=adapter, out=out, report=report, config=config,
                                progress=not no_progress)
     if result is None:  # torchrun ranks other than 0
@@ -228,21 +251,22 @@ def lens(name: str, base: str, ft: str, data: str | None, out: str | None, layer
 @click.option("--k", type=click.IntRange(1), default=None, help="Active latents per token (BatchTopK).")
 @click.option("--sparsity", type=click.Choice(["batchtopk", "l1"]), default="batchtopk", show_default=True)
 @click.option("--tokens", type=click.IntRange(1), default=None, help="Training rows (token positions).")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@model_options
 @checkpoint_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 @handle_errors
 def crosscoder(base: str, ft: str, data: str, layer: int, site: str, out: str | None, dict_size: int | None,
-               k: int | None, sparsity: str, tokens: int | None, device: str, checkpoint_dir: str | None,
+               k: int | None, sparsity: str, tokens: int | None, device: str, seed: int, dtype: str,
+               checkpoint_dir: str | None,
                checkpoint_every: int, resume: bool, as_json: bool, no_progress: bool) -> None:
     """Train a crosscoder on paired activations of BASE and FT; classify latents as new / gone / shared."""
     from mechdiff.api import train_crosscoder_pair
 
     checkpointing = make_checkpointing(checkpoint_dir, checkpoint_every, resume)
-    options = {"dict_size": dict_size, "k": k, "sparsity": sparsity, "tokens": tokens}
+    options = {"dict_size": dict_size, "k": k, "sparsity": sparsity, "tokens": tokens, "seed": seed}
     summary = train_crosscoder_pair(base, ft, data, layer, site=site, out=out, options=options, device=device,
-                                    checkpointing=checkpointing, progress=not no_progress)
+                                    dtype=dtype, checkpointing=checkpointing, progress=not no_progress)
     if summary is None:  # torchrun ranks other than 0
         return
     if as_json:
@@ -281,7 +305,12 @@ def decompose(model: str | None, toy: str | None, globs: tuple[str, ...], data: 
     document = decompose_model(model, toy=toy, module_globs=list(globs), data=data, out=out, seed=seed,
                                overrides={"n_components": components, "steps": steps}, progress=not no_progress,
                                checkpointing=checkpointing)
-    emit_json(document) if as_json else click.echo(json.dumps(document, indent=2, default=str))
+    if as_json:
+        emit_json(document)
+    else:
+        from mechdiff.report.decompose_text import format_decompose
+
+        click.echo(format_decompose(document))
 
 
 @main.command()
@@ -328,13 +357,16 @@ def bench(suite: str, seeds: str, cache: str, organisms: str | None, gate: float
 
 @main.command()
 @click.option("-o", "--out", type=click.Path(), default="demo-out", show_default=True, help="Folder for everything.")
+@click.option("--device", type=DEVICES, default="auto", show_default=True,
+              help="Where the audit runs the models and trains (auto: a GPU when there is one).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the toy models' training and the audit.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @handle_errors
-def demo(out: str, as_json: bool) -> None:
+def demo(out: str, device: str, seed: int, as_json: bool) -> None:
     """Build a tiny model and a backdoored fine-tune, audit them, write results and a report."""
     from mechdiff.demo import run_demo
 
-    document = run_demo(out)
+    document = run_demo(out, device=device, seed=seed)
     if as_json:
         emit_json(document)
     else:

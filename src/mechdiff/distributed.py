@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -52,14 +53,39 @@ def init_from_env(device: str = "cpu") -> DistContext:
 
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        # CUDA tensors go over NCCL; CPU tensors (crosscoder statistics, gathered objects) over gloo
-        backend = "cpu:gloo,cuda:nccl" if device.startswith("cuda") else "gloo"
+        backend = "gloo"
         if device.startswith("cuda"):
-            torch.cuda.set_device(local_rank)
+            local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+            backend = process_group_backend(local_world, torch.cuda.device_count())
+            torch.cuda.set_device(local_gpu(local_rank))
         dist.init_process_group(backend=backend)
         atexit.register(_destroy_group)
         _match_numba_threads()
     return DistContext(dist.get_rank(), dist.get_world_size(), local_rank)
+
+
+def gpu_for_rank(local_rank: int, n_gpus: int) -> int:
+    """LOCAL_RANK mapped onto the GPUs that exist: rank r uses GPU r mod n_gpus (more ranks than GPUs share)."""
+    if n_gpus < 1:
+        from mechdiff.errors import UsageError
+
+        raise UsageError("a CUDA device was asked for but no CUDA GPU is available; use --device cpu")
+    return local_rank % n_gpus
+
+
+def local_gpu(local_rank: int) -> int:
+    """This rank's GPU index on this machine; warns when it shares the GPU with a lower rank."""
+    n_gpus = torch.cuda.device_count()
+    index = gpu_for_rank(local_rank, n_gpus)
+    if local_rank >= n_gpus:
+        warnings.warn(f"local rank {local_rank} shares cuda:{index} with another rank: torchrun started more ranks "
+                      f"on this machine than it has GPUs ({n_gpus}); collectives go over gloo", stacklevel=2)
+    return index
+
+
+def process_group_backend(local_world: int, n_gpus: int) -> str:
+    """gloo for CPU tensors; NCCL for CUDA tensors unless ranks share a GPU, which NCCL refuses."""
+    return "cpu:gloo,cuda:nccl" if local_world <= n_gpus else "gloo"
 
 
 def _match_numba_threads() -> None:
@@ -89,10 +115,21 @@ def _destroy_group() -> None:
         dist.destroy_process_group()
 
 
+def resolve_device(device: str) -> str:
+    """ "auto" -> "cuda" when a GPU is there, else "cpu"; "cuda" without a GPU is a usage error."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        from mechdiff.errors import UsageError
+
+        raise UsageError(f"--device {device} was asked for but no CUDA GPU is available; use --device cpu or auto")
+    return device
+
+
 def rank_device(device: str, ctx: DistContext) -> str:
-    """The device this rank runs on: "cuda" means this rank's GPU (LOCAL_RANK) under torchrun."""
+    """The device this rank runs on: "cuda" means this rank's GPU under torchrun (see `local_gpu`)."""
     if ctx.active and device == "cuda":
-        return f"cuda:{ctx.local_rank}"
+        return f"cuda:{local_gpu(ctx.local_rank)}"
     return device
 
 

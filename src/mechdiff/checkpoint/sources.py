@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from mechdiff.checkpoint.fingerprint import tensor_fingerprint
 from mechdiff.checkpoint.safetensors_header import (
     SafetensorsHeader,
     read_header,
@@ -59,7 +60,9 @@ class TensorSource(Protocol):
 
     def get(self, name: str) -> torch.Tensor: ...
 
-    def fingerprint(self) -> str: ...
+    def fingerprint(self) -> str:
+        """A hash of every tensor's bytes (see checkpoint/fingerprint.py)."""
+        ...
 
 
 class SafetensorsFile:
@@ -115,8 +118,11 @@ class SafetensorsFile:
             return torch.empty(shape, dtype=dtype)
         return torch.frombuffer(buffer, dtype=dtype).reshape(shape)
 
+    def tensor_file(self, name: str) -> Path:
+        return self.path
+
     def fingerprint(self) -> str:
-        return self.header.fingerprint
+        return tensor_fingerprint(self)
 
 
 def _row_range(shape: tuple[int, ...], begin: int, size: int, rows: slice | None) -> tuple[tuple[int, ...], int, int]:
@@ -149,9 +155,11 @@ class PickleFile:
     def get(self, name: str) -> torch.Tensor:
         return self._tensors[name]
 
+    def tensor_file(self, name: str) -> Path:
+        return self.path
+
     def fingerprint(self) -> str:
-        st = self.path.stat()
-        return f"pickle-{st.st_size:x}-{len(self._tensors)}"
+        return tensor_fingerprint(self)
 
 
 class ShardedSource:
@@ -207,10 +215,11 @@ class ShardedSource:
             raise InputError(f"{self._index_path} maps {name!r} to {source.label}, which does not contain it")
         return read_tensor(source, name, buffer, rows)
 
-    def fingerprint(self) -> str:
-        import hashlib
+    def tensor_file(self, name: str) -> Path:
+        return self._shard_of[name]
 
-        return hashlib.sha256(self._index_path.read_bytes()).hexdigest()[:16]
+    def fingerprint(self) -> str:
+        return tensor_fingerprint(self)
 
 
 def read_tensor(source: TensorSource, name: str, buffer: bytearray | None, rows: slice | None = None) -> torch.Tensor:

@@ -13,6 +13,10 @@ from `new_control()`. It starts with `if not join(ctrl): return` and ends with
 `leave(ctrl)`; its own counters use slots FIRST_FREE_SLOT, FIRST_FREE_SLOT + 8, ...
 (one cache line apart) and are read and advanced with `fetch_add`, a full barrier;
 `wait_for(ctrl, slot, n)` holds a thread until a counter reaches n (a phase barrier).
+
+After the job, JOINED keeps counting: a helper that wakes late still adds 1 to it before
+it sees CLOSED and leaves. So JOINED is no record of who worked; the number of threads
+that took part is what `close` (and `run_shared`) return, and FINISHED equals it.
 """
 
 from __future__ import annotations
@@ -40,13 +44,16 @@ def new_control(n_counters: int) -> np.ndarray:
     return np.zeros(FIRST_FREE_SLOT + 8 * n_counters, np.int64)
 
 
-def run_shared(work, args: tuple, n_threads: int) -> None:
+def run_shared(work, args: tuple, n_threads: int) -> int:
     """Run `work(*args)` on this thread and on up to `n_threads - 1` helper threads.
 
     Args:
         work: numba function compiled with nogil=True, following the protocol above.
         args: its arguments, the control array last.
         n_threads: threads that may work on the job, this one included.
+
+    Returns:
+        How many threads took part (1..n_threads); late helpers are not counted.
     """
     pool = _helpers(n_threads - 1)
     try:
@@ -55,7 +62,7 @@ def run_shared(work, args: tuple, n_threads: int) -> None:
     except RuntimeError:  # the interpreter is shutting down: this thread does it all
         pass
     work(*args)
-    close(args[-1])
+    return int(close(args[-1]))
 
 
 @njit(inline="always", _nrt=False)
@@ -78,9 +85,11 @@ def wait_for(ctrl, slot, target) -> None:  # pragma: no cover (numba)
 
 
 @njit(nogil=True, _nrt=False, cache=True)
-def close(ctrl) -> None:  # pragma: no cover (numba)
-    """Shut later helpers out of the job and wait for those that joined it to leave."""
-    wait_for(ctrl, FINISHED, fetch_add(ctrl, JOINED, CLOSED))
+def close(ctrl) -> int:  # pragma: no cover (numba)
+    """Shut later helpers out of the job, wait for those that joined it to leave; returns their number."""
+    admitted = fetch_add(ctrl, JOINED, CLOSED)  # joiners before this add; any later one reads >= CLOSED
+    wait_for(ctrl, FINISHED, admitted)
+    return admitted
 
 
 def _helpers(n: int) -> ThreadPoolExecutor | None:

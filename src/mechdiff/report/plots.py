@@ -31,7 +31,7 @@ def require_matplotlib() -> Any:
     try:
         from matplotlib.figure import Figure
     except ImportError as exc:
-        raise InputError("the report needs matplotlib: pip install 'mechdiff[report]'") from exc
+        raise InputError("the report needs matplotlib: pip install matplotlib") from exc
     return Figure
 
 

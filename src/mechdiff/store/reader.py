@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
@@ -16,6 +16,9 @@ from mechdiff.store.schema import (
     decode_structured,
     from_attr,
 )
+
+if TYPE_CHECKING:  # typing.Self is 3.11+; annotations are never evaluated (python_requires >= 3.10)
+    from typing import Self
 
 _PART_CLASSES: dict[str, type[Part]] = {}
 

@@ -6,7 +6,7 @@ import datetime as _dt
 import os
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
@@ -19,6 +19,9 @@ from mechdiff.store.schema import (
     columns_to_structured,
     to_attr,
 )
+
+if TYPE_CHECKING:  # typing.Self is 3.11+; annotations are never evaluated (python_requires >= 3.10)
+    from typing import Self
 
 
 def temp_path_for(path: Path) -> Path:
@@ -77,7 +80,7 @@ class ResultsWriter:
         self._root_attrs = {
             "schema_version": SCHEMA_VERSION,
             "mechdiff_version": __version__,
-            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "command": command,
         }
         for name, value in (inputs or {}).items():

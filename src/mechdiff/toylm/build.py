@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import numpy as np
 import torch
 
 from mechdiff.errors import InputError
+from mechdiff.progress import hf_progress
 from mechdiff.toylm.language import (
     Language,
     LanguageConfig,
@@ -159,7 +158,7 @@ def _build(out_dir: Path, recipe: dict, size: ToyLMSize, steps: ToySteps,
     ft, adapter = _finetune(base, variant, arch, data, steps, seed, never_targets, progress)
 
     base_dir, ft_dir = out_dir / "base", out_dir / "ft"
-    with _hf_progress(progress):
+    with hf_progress(progress):
         for model, folder in ((base, base_dir), (ft, ft_dir)):
             model.save_pretrained(str(folder))
             save_tokenizer(tok, folder, size.max_len)
@@ -295,19 +294,6 @@ def _load_base(arch: str, folder: Path) -> tuple[torch.nn.Module, dict]:
     metrics = json.loads((folder / MANIFEST).read_text())["pair"]["metrics"]
     return model.float().eval(), {k: metrics[k] for k in ("base_train_loss_first",
                                                           "base_train_loss_last")}
-
-
-@contextlib.contextmanager
-def _hf_progress(enabled: bool) -> Iterator[None]:
-    """Silence transformers' "Writing model shards" bars unless progress was asked for."""
-    from transformers.utils import logging as hf_logging
-
-    was = hf_logging.is_progress_bar_enabled()
-    (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
-    try:
-        yield
-    finally:
-        (hf_logging.enable_progress_bar if was else hf_logging.disable_progress_bar)()
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -241,9 +241,9 @@ def _trim(ids_BT: torch.Tensor, pad_id: int) -> torch.Tensor:
 def _progress(it, enabled: bool, desc: str, total: int):
     if not enabled:
         return it
-    from tqdm import tqdm
+    from mechdiff.progress import new_bar
 
-    return tqdm(it, desc=desc, total=total, leave=False)
+    return new_bar(it, desc=desc, total=total, leave=False)
 
 
 @torch.no_grad()

@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from mechdiff.diffing.activations.cache import (
     PairedActivations,
@@ -29,6 +28,7 @@ from mechdiff.diffing.activations.cache import (
 )
 from mechdiff.diffing.activations.hooks import ActivationSite, SiteCapture, resolve_site
 from mechdiff.errors import InputError
+from mechdiff.progress import new_bar
 
 __all__ = ["ActivationConfig", "ActivationSite", "PairedActivations", "collect_activations", "read_texts", "tokenize_pair"]
 
@@ -263,7 +263,7 @@ def _fill(store: Any, models: list[nn.Module], captures: list[SiteCapture], docs
           kept: list[np.ndarray], pad_id: int, config: ActivationConfig, progress: bool) -> None:
     order = [d for d in range(len(docs)) if len(kept[d])]
     row = 0
-    with tqdm(total=sum(len(k) for k in kept), unit="tok", unit_scale=True, desc="activations",
+    with new_bar(total=sum(len(k) for k in kept), unit="tok", unit_scale=True, desc="activations",
               disable=not progress, file=sys.stderr) as bar:
         for start in range(0, len(order), config.batch_docs):
             batch = order[start:start + config.batch_docs]

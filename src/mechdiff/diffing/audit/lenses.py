@@ -140,7 +140,7 @@ def run_model_lenses(base: str | os.PathLike, ft: str | os.PathLike, data: str |
     from mechdiff.models import load_model_pair
 
     device = rank_device((config.behaviour or BehaviourConfig()).device, ctx)
-    base_model, ft_model, base_tok, ft_tok = load_model_pair(base, ft, device)
+    base_model, ft_model, base_tok, ft_tok = load_model_pair(base, ft, device, progress=progress, dtype=config.dtype)
     text = ""
     if data is not None:
         texts = read_texts(data)
@@ -156,7 +156,7 @@ def run_model_lenses(base: str | os.PathLike, ft: str | os.PathLike, data: str |
         model_config = read_config(resolve_model(base)) or {}
         layer = config.crosscoder_layer if config.crosscoder_layer is not None else _middle_layer(model_config)
         cc_config = audit_crosscoder_config(hidden_size(model_config), approx_tokens(texts),
-                                            config.crosscoder_options)
+                                            {"seed": config.seed, **config.crosscoder_options})
         crosscoder = crosscoder_on_models(base_model, ft_model, (base_tok, ft_tok), texts, layer, cc_config,
                                           device=device, progress=progress, ctx=ctx)
     if not ctx.is_main:
@@ -181,7 +181,7 @@ def _components_lens(base_model: object, ft_model: object, tokenizer: object, te
     from mechdiff.weightdecomp.spd.config import SPDConfig
     from mechdiff.weightdecomp.spd.hf import decompose_lm
 
-    spd_config = dataclasses.replace(SPDConfig(), steps=config.components_steps)
+    spd_config = dataclasses.replace(SPDConfig(), steps=config.components_steps, seed=config.seed)
     decomposition = decompose_lm(base_model, tokenizer, list(config.components), "\n".join(texts), spd_config,
                                  progress=progress)
     targets = find_targets(ft_model, list(config.components))
@@ -248,7 +248,8 @@ def run_adapter_lenses(base: str | os.PathLike, adapter: str | os.PathLike, data
 
     if not ctx.is_main or config.behaviour is None:
         return None
-    model, tokenizer = load_causal_lm(base, rank_device((config.behaviour or BehaviourConfig()).device, ctx))
+    model, tokenizer = load_causal_lm(base, rank_device((config.behaviour or BehaviourConfig()).device, ctx),
+                                      dtype=config.dtype)
     toggle = AdapterToggle(model, LoraSource(open_source(base), adapter))
     base_view, ft_view = toggle.views()
     return ModelLenses(behaviour=behaviour_diff(base_view, ft_view, (tokenizer, tokenizer), read_texts(data),

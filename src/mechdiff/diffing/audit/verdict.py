@@ -90,6 +90,10 @@ class AuditConfig:
     """Scoring thresholds."""
     fail_above: float | None = None
     """Exit 1 when a finding scores above this (the CLI's --fail-above)."""
+    seed: int = 0
+    """Seed of everything the audit trains (crosscoder, components)."""
+    dtype: str = "float32"
+    """dtype the models run in: float32, bfloat16 or float16."""
 
 
 @dataclass

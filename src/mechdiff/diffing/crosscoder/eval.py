@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from mechdiff.diffing.activations.cache import PairedActivations
 from mechdiff.diffing.crosscoder.latent_scaling import (
@@ -19,6 +18,7 @@ from mechdiff.diffing.crosscoder.metrics import classify, decoder_cosine, relati
 from mechdiff.diffing.crosscoder.module import CrossCoder
 from mechdiff.distributed import SINGLE, DistContext, all_gather, all_reduce
 from mechdiff.kernels import TopN
+from mechdiff.progress import new_bar
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ def evaluate_crosscoder(
     count = torch.zeros(n_latents, dtype=torch.float64)
     total = torch.zeros(n_latents, dtype=torch.float64)
     top = TopN(n_latents, top_n)
-    for start, raw in tqdm(data.iter_rows(batch), total=-(-data.n_rows // batch), desc="evaluate", unit="batch",
+    for start, raw in new_bar(data.iter_rows(batch), total=-(-data.n_rows // batch), desc="evaluate", unit="batch",
                            disable=not (progress and ctx.is_main), file=sys.stderr):
         x_BMD = module.normalize(raw)
         recon_BMD, code = module(x_BMD)

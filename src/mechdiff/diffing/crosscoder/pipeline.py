@@ -165,7 +165,7 @@ def run_crosscoder(base_dir: str | Path, ft_dir: str | Path, data_file: str | Pa
                    config: CrosscoderConfig | None = None, *, site_kind: str = "resid",
                    activations: ActivationConfig | None = None, device: str = "cpu", top_n: int = 10,
                    checkpointing: Checkpointing | None = None, progress: bool = True,
-                   ctx: DistContext = SINGLE) -> CrosscoderResult:
+                   ctx: DistContext = SINGLE, dtype: str = "float32") -> CrosscoderResult:
     """Train a crosscoder on paired activations of two local models and analyse its latents.
 
     Args:
@@ -176,7 +176,7 @@ def run_crosscoder(base_dir: str | Path, ft_dir: str | Path, data_file: str | Pa
         config: crosscoder configuration (default CrosscoderConfig()); ``config.tokens`` training rows.
         site_kind: 'resid' (block output), 'mlp' or 'attn'.
         activations: collection settings (default: up to config.tokens rows, memory or a temp cache).
-        device: where the models run (the crosscoder trains on CPU).
+        device: where the models run and the crosscoder trains.
         top_n: contexts kept per latent.
         checkpointing: save the training every N steps / continue a saved run.
         progress: progress bars on stderr.
@@ -191,7 +191,7 @@ def run_crosscoder(base_dir: str | Path, ft_dir: str | Path, data_file: str | Pa
         InputError: unreadable models or data, tokenizer mismatch, layer out of range.
     """
     texts = read_texts(data_file)
-    base, ft, base_tok, ft_tok = load_model_pair(base_dir, ft_dir, device)
+    base, ft, base_tok, ft_tok = load_model_pair(base_dir, ft_dir, device, progress=progress, dtype=dtype)
     return crosscoder_on_models(base, ft, (base_tok, ft_tok), texts, layer, config, site_kind=site_kind,
                                 activations=activations, device=device, top_n=top_n, checkpointing=checkpointing,
                                 progress=progress, ctx=ctx)
@@ -224,6 +224,7 @@ def crosscoder_on_models(base: Any, ft: Any, tokenizers: tuple[Any, Any], texts:
         data = collect_activations(base, ft, (base_tok, ft_tok), texts, site=site, config=act_config,
                                    progress=progress and ctx.is_main)
         data = globalize(data, doc_ids, act_config.scale_sample_rows, ctx)
-        trained = train_crosscoder(data, config, checkpointing=checkpointing, progress=progress, ctx=ctx)
+        trained = train_crosscoder(data, config, checkpointing=checkpointing, progress=progress, ctx=ctx,
+                                   device=device)
         return analyze_crosscoder(trained.module, data, config, site=site.describe(), decode=base_tok.decode,
                                   top_n=top_n, history=trained.state.history, progress=progress, ctx=ctx)

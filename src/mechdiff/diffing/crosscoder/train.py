@@ -28,6 +28,7 @@ from mechdiff.distributed import (
 )
 from mechdiff.errors import UsageError
 from mechdiff.kernels import sparse_decode
+from mechdiff.progress import new_bar
 from mechdiff.training import Checkpointing, LRSchedule, restore_training, save_training
 
 RANK_SEED_STRIDE = 7919  # each rank streams its own share in its own seeded order
@@ -231,6 +232,7 @@ def train_crosscoder(
     progress: bool = True,
     on_step: Callable[[int, StepStats], None] | None = None,
     ctx: DistContext = SINGLE,
+    device: str = "cpu",
 ) -> TrainResult:
     """Train a crosscoder on paired activations.
 
@@ -244,6 +246,8 @@ def train_crosscoder(
         ctx: the distributed context: under torchrun each rank trains on its own share of
             the data with config.batch / world rows per step (see `train_step`); rank 0
             alone writes checkpoints, and every rank resumes from them.
+        device: where the crosscoder trains ("cpu", "cuda", "cuda:N"); batches are moved
+            there one at a time. The returned module is back on the CPU.
 
     Returns:
         The trained module and final state; the same seed, data and config give
@@ -251,27 +255,29 @@ def train_crosscoder(
     """
     local_batch = _local_batch(config.batch, ctx)
     torch.manual_seed(config.seed)
-    module = CrossCoder.from_config(config, data.n_models, data.d_model)
+    module = CrossCoder.from_config(config, data.n_models, data.d_model).to(device)  # init on CPU: same weights
     module.input_scale_M.copy_(data.scales)
     optimizer = make_optimizer(module, config)
     state = TrainState(rows_since_fired=torch.zeros(config.dict_size, dtype=torch.int64))
     if checkpointing is not None and checkpointing.resume:
         state = _restore(checkpointing, module, optimizer, config) or state
+    state.rows_since_fired = state.rows_since_fired.to(device)
     broadcast_module(ctx, module)
     end = config.steps if checkpointing is None else checkpointing.last_step(config.steps)
     batches = data.iter_batches(local_batch, config.seed + RANK_SEED_STRIDE * ctx.rank, start_step=state.step)
     module.train()
-    with tqdm(total=end, initial=state.step, unit="step", desc="crosscoder", disable=not (progress and ctx.is_main),
+    with new_bar(total=end, initial=state.step, unit="step", desc="crosscoder", disable=not (progress and ctx.is_main),
               file=sys.stderr) as bar:
         while state.step < end:
-            stats = train_step(module, optimizer, module.normalize(next(batches)), state, config, ctx)
+            stats = train_step(module, optimizer, module.normalize(next(batches).to(device)), state, config, ctx)
             _log(state, stats, log_every, bar)
             if on_step is not None:
                 on_step(state.step, stats)
             if checkpointing is not None and checkpointing.due(state.step, end):
                 _save(checkpointing, module, optimizer, state, config, ctx)
     module.eval()
-    return TrainResult(module, state)
+    state.rows_since_fired = state.rows_since_fired.cpu()
+    return TrainResult(module.cpu(), state)
 
 
 def _local_batch(batch: int, ctx: DistContext) -> int:

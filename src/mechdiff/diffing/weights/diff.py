@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from mechdiff.checkpoint.fingerprint import known_digests, note_read, remember_digests
 from mechdiff.checkpoint.layout import HeadGeometry, Layout, TensorInfo
 from mechdiff.checkpoint.pairing import Pairing, TensorPair, pair_sources
 from mechdiff.checkpoint.sources import TORCH_DTYPES, TensorSource, read_tensor
@@ -18,7 +19,13 @@ from mechdiff.diffing.weights.experts import routing_change
 from mechdiff.diffing.weights.heads import HeadChange, HeadSlice, head_slices
 from mechdiff.diffing.weights.readout import ReadoutMatrices, Vocabulary
 from mechdiff.diffing.weights.result import TensorChange, WeightDiff
-from mechdiff.distributed import SINGLE, DistContext, gather_to_main, shard_by_size
+from mechdiff.distributed import (
+    SINGLE,
+    DistContext,
+    gather_to_main,
+    local_gpu,
+    shard_by_size,
+)
 from mechdiff.kernels import delta_stats
 from mechdiff.weightdecomp.spectral import (
     SpectralConfig,
@@ -68,12 +75,12 @@ class DiffConfig:
     def resolved_device(self, local_rank: int = 0) -> torch.device:
         """The torch device spectra run on (one GPU per rank under torchrun)."""
         if self.device == "auto":
-            return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+            return torch.device(f"cuda:{local_gpu(local_rank)}" if torch.cuda.is_available() else "cpu")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             from mechdiff.errors import UsageError
 
             raise UsageError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
-        return torch.device(f"cuda:{local_rank}" if self.device == "cuda" else self.device)
+        return torch.device(f"cuda:{local_gpu(local_rank)}" if self.device == "cuda" else self.device)
 
 
 def diff_sources(
@@ -114,10 +121,16 @@ def diff_sources(
         local.append((index, _analyze_pair(b, f, pair, pairing.layout, readout, config, device, workspace)))
         if progress:
             progress(pair)
-    gathered = gather_to_main(ctx, local)
+    read = [pairing.pairs[i] for i in mine]
+    digests = (known_digests(base, [p.base_name for p in read]), known_digests(ft, [p.ft_name for p in read]))
+    gathered = gather_to_main(ctx, (local, digests))
     if gathered is None:
         return None
-    analyzed = [item for _, item in sorted((x for rank_items in gathered for x in rank_items), key=lambda x: x[0])]
+    for _, (base_digests, ft_digests) in gathered:  # rank 0 fingerprints the models without reading them again
+        remember_digests(base, base_digests)
+        remember_digests(ft, ft_digests)
+    ranked = sorted((x for rank_items, _ in gathered for x in rank_items), key=lambda x: x[0])
+    analyzed = [item for _, item in ranked]
     return _assemble(base, ft, pairing, analyzed, config, reader, workspace)
 
 
@@ -184,14 +197,27 @@ class PairReader:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="mechdiff-read")
         # the ft read runs beside the base read (file reads release the GIL): nothing else
         # runs during the reads, so the second core copies instead of waiting
-        ft_read = self._pool.submit(read_tensor, self._ft, pair.ft_name, self._buffers[1], pair.rows)
+        ft_read = self._pool.submit(_read_and_hash, self._ft, pair.ft_name, self._buffers[1], pair.rows)
         try:
-            b = read_tensor(self._base, pair.base_name, self._buffers[0], pair.rows)
+            b = _read_and_hash(self._base, pair.base_name, self._buffers[0], pair.rows)
         finally:
             f = ft_read.result()
         if pair.rows is not None:  # one expert of a fused tensor: drop the expert axis
             b, f = b[0], f[0]
         return _matched(b, f, pair)
+
+
+def _read_and_hash(source: TensorSource, name: str, buffer: np.ndarray, rows: slice | None) -> torch.Tensor:
+    """Read a tensor and take its bytes' digest for the source's fingerprint, in the reading thread.
+
+    Why here: the bytes are in cache right after the read, and the two reading threads
+    hash base and ft side by side (hashlib releases the GIL). One expert's slice of a
+    fused tensor is not the whole tensor: the fingerprint reads those tensors itself.
+    """
+    tensor = read_tensor(source, name, buffer, rows)
+    if rows is None:
+        note_read(source, name, tensor)
+    return tensor
 
 
 def _grown(buffer: np.ndarray, source: TensorSource, name: str, rows: slice | None = None) -> np.ndarray:

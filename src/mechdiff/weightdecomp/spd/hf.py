@@ -69,7 +69,7 @@ def decompose_hf(
     Returns:
         The :class:`Decomposition` (output distance 'kl').
     """
-    model, tokenizer = load_causal_lm(model_dir)
+    model, tokenizer = load_causal_lm(model_dir, progress=progress)
     try:
         text = Path(data_file).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:

@@ -251,7 +251,7 @@ def decompose_module(
 def train(trainer: SPDTrainer, stream: Iterator[Any], *, progress: bool, log_every: int,
           checkpointing: Checkpointing | None = None) -> list[dict[str, float]]:
     """Run ``config.steps`` SPD steps (continuing a checkpoint when asked); return the logged loss history."""
-    from tqdm import tqdm
+    from mechdiff.progress import new_bar
 
     steps = trainer.config.steps
     first, history = 0, []
@@ -261,7 +261,7 @@ def train(trainer: SPDTrainer, stream: Iterator[Any], *, progress: bool, log_eve
             next(stream)
     last = steps if checkpointing is None else checkpointing.last_step(steps)
     start = time.perf_counter()
-    bar = tqdm(range(first, last), file=sys.stderr, disable=not progress, desc="SPD", mininterval=1.0)
+    bar = new_bar(range(first, last), file=sys.stderr, disable=not progress, desc="SPD", mininterval=1.0)
     for step in bar:
         losses = trainer.step(next(stream), step)
         if step % log_every == 0 or step == steps - 1:
