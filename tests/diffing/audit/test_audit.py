@@ -34,6 +34,25 @@ def test_linking_merges_lenses_that_name_the_same_tokens():
     assert [f.rank for f in ranked] == [1, 2, 3]
 
 
+def test_lenses_that_read_one_measurement_do_not_corroborate_each_other():
+    # the KL lens and logit-diff mining both read the next-token distributions of one text: their
+    # agreement is one piece of evidence, so it adds nothing; a weight finding naming the token does
+    found = [
+        Finding("behaviour", 0.43, "after 'zq' -> 'banana'", ("banana", "zq")),
+        Finding("logit_diff", 0.29, "'banana' rose", ("banana",)),
+    ]
+    assert link_and_rank(found)[0].score == pytest.approx(0.43)
+    found = [
+        Finding("behaviour", 0.43, "after 'zq' -> 'banana'", ("banana", "zq")),
+        Finding("logit_diff", 0.29, "'banana' rose", ("banana",)),
+        Finding("weights", 0.4, "writes 'banana'", ("banana",)),
+        Finding("heads", 0.3, "head 1 writes 'banana'", ("banana",)),
+    ]
+    top = link_and_rank(found)[0]
+    assert top.score == pytest.approx(0.43 + 0.5 * 0.4)
+    assert {link["method"] for link in top.linked} == {"logit_diff", "weights", "heads"}
+
+
 def _drift_pair(toy, root):
     """The toy base and a copy with 1% Gaussian drift on every matrix: no mechanism, no behaviour."""
     base, ft = root / "base", root / "ft"
