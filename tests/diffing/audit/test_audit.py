@@ -53,6 +53,21 @@ def test_lenses_that_read_one_measurement_do_not_corroborate_each_other():
     assert {link["method"] for link in top.linked} == {"logit_diff", "weights", "heads"}
 
 
+def test_within_one_measurement_the_reading_that_names_the_context_leads():
+    # logit-diff's "'banana' rose" scored higher than the KL lens's "after 'zq' -> 'banana'"; the latter
+    # says more (the trigger), so it leads the merged finding at the stronger score
+    found = [
+        Finding("logit_diff", 5.9, "'banana' rose", ("banana",)),
+        Finding("weights", 1.2, "writes 'banana'", ("banana", "x")),
+        Finding("behaviour", 4.9, "after 'zq' -> 'banana'", ("banana", "zq")),
+    ]
+    (top,) = link_and_rank(found)
+    assert top.method == "behaviour" and "zq" in top.summary
+    assert top.score == pytest.approx(5.9 + 0.5 * 1.0)
+    assert [link["method"] for link in top.linked] == ["logit_diff", "weights"]
+    assert top.ranked_tokens()[0] == "banana" and {"zq", "x"} <= set(top.ranked_tokens())
+
+
 def _drift_pair(toy, root):
     """The toy base and a copy with 1% Gaussian drift on every matrix: no mechanism, no behaviour."""
     base, ft = root / "base", root / "ft"

@@ -31,6 +31,7 @@ LINK_BONUS = 0.5
 # 0.43 gained 0.15 from logit-diff naming the same token, which took it past half the gate.)
 EVIDENCE_FAMILY = {"behaviour": "outputs", "logit_diff": "outputs", "amplified": "outputs",
                    "weights": "weights", "heads": "weights"}
+SPECIFICITY = {"behaviour": 1}  # names the context as well as the prediction
 
 
 @dataclass
@@ -97,6 +98,9 @@ def link_and_rank(findings: list[Finding]) -> list[Finding]:
         if anchor is None:
             kept.append(finding)
             continue
+        if _more_specific(finding, anchor):
+            kept[kept.index(anchor)] = finding
+            finding, anchor = _take_over(finding, anchor)
         anchor.linked.append({"method": finding.method, "score": finding.score, "summary": finding.summary,
                               "location": finding.to_json()["location"], "tokens": ordered_tokens(finding.tokens),
                               **({} if finding.causal is None else {"causal": finding.causal})})
@@ -108,6 +112,23 @@ def link_and_rank(findings: list[Finding]) -> list[Finding]:
     for i, finding in enumerate(kept, 1):
         finding.rank = i
     return kept
+
+
+def _more_specific(finding: Finding, anchor: Finding) -> bool:
+    # one measurement, two readings: "after 'x' the fine-tune predicts 'y'" says more than "'y' rose",
+    # so within a family the more specific reading leads, at the stronger score of the two
+    return (evidence_family(finding.method) == evidence_family(anchor.method)
+            and SPECIFICITY.get(finding.method, 0) > SPECIFICITY.get(anchor.method, 0))
+
+
+def _take_over(finding: Finding, anchor: Finding) -> tuple[Finding, Finding]:
+    """``finding`` becomes the anchor in ``anchor``'s place; returns (the finding to link, the new anchor)."""
+    finding.linked, anchor.linked = anchor.linked, []
+    if anchor.own_tokens is not None:  # the old anchor had absorbed other lenses' tokens: they come along
+        finding.tokens = tuple(dict.fromkeys([*ordered_tokens(finding.tokens), *ordered_tokens(anchor.tokens)]))
+        finding.own_tokens, anchor.tokens, anchor.own_tokens = finding.tokens, anchor.own_tokens, None
+    finding.score = max(finding.score, anchor.score)
+    return anchor, finding
 
 
 def link_bonus(finding: Finding) -> float:
