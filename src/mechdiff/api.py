@@ -202,7 +202,7 @@ def bench_organisms(
     report_path = check_output_path(report, []) if report is not None else None
     manifests = load_manifests(organisms) if organisms is not None else None
     config = BenchConfig(suite=suite, seeds=tuple(seeds), cache=Path(cache), gate=gate, crosscoder=crosscoder)
-    result = run_bench(config, manifests, progress=progress)
+    result = run_bench(config, audit_checkpoints, manifests, progress=progress)
     if out_path is not None or report_path is not None:
         out_path = out_path or Path(str(report_path) + ".h5")
         with results_writer(out_path, inputs={"suite": str(organisms or suite)}) as writer:

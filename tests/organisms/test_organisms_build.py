@@ -88,4 +88,5 @@ def test_bf16_round_trip_is_below_the_dtype_floor(built):
     m = manifests["null_bf16"]
     result = audit_checkpoints(m["base_model"], m["finetuned_model"], config=AuditConfig(crosscoder=False),
                                progress=False)
-    assert not result.findings
+    assert not [f for f in result.findings if f.method in ("weights", "heads")]
+    assert max((f.score for f in result.findings), default=0.0) < 0.01  # the self-generated-text lenses see ~0 too

@@ -202,7 +202,7 @@ def test_missing_matplotlib_and_bad_output_are_input_errors(planted, tmp_path, m
         render_report(results, results)
     assert open_results(results).close() is None  # still a readable results file
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
-    with pytest.raises(InputError, match=r"pip install 'mechdiff\[report\]'"):
+    with pytest.raises(InputError, match=r"needs matplotlib: pip install matplotlib"):
         render_report(results, tmp_path / "r.html")
     assert not (tmp_path / "r.html").exists()
 

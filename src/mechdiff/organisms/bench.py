@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,12 +55,13 @@ class BenchResult:
                                "rows": "first_relevant_rank -1 / relevance -1: none (or a null control)"})
 
 
-def run_bench(config: BenchConfig, manifests: list[dict[str, Any]] | None = None,
+def run_bench(config: BenchConfig, audit: Callable[..., Any], manifests: list[dict[str, Any]] | None = None,
               progress: bool = False) -> BenchResult:
     """Build (or reuse) the suite, audit each pair with its corpus, score every audit.
 
     Args:
         config: suite, seeds, cache folder, gate.
+        audit: the path-in audit (``api.audit_checkpoints``), passed in so the suite never imports api.
         manifests: local organisms to audit instead of the built suite (``manifest.load_manifests``).
         progress: one line per pair on stderr.
 
@@ -73,8 +75,8 @@ def run_bench(config: BenchConfig, manifests: list[dict[str, Any]] | None = None
         manifests = build_suite(config.suite, config.cache, list(config.seeds), progress=progress)
     rows = []
     for manifest in manifests:
-        audit, wall = _audit(manifest, config)
-        rows.append(score_pair(manifest, audit, config.gate, wall))
+        result, wall = _audit(audit, manifest, config)
+        rows.append(score_pair(manifest, result, config.gate, wall))
         if progress:
             import sys
 
@@ -86,8 +88,8 @@ def run_bench(config: BenchConfig, manifests: list[dict[str, Any]] | None = None
     return BenchResult(rows, summarize(rows, config.gate), doc)
 
 
-def _audit(manifest: dict[str, Any], config: BenchConfig) -> tuple[dict[str, Any], float]:
-    from mechdiff.api import audit_checkpoints
+def _audit(audit_checkpoints: Callable[..., Any], manifest: dict[str, Any], config: BenchConfig
+           ) -> tuple[dict[str, Any], float]:
     from mechdiff.diffing.audit.verdict import AuditConfig
     from mechdiff.toylm.train import deterministic
 
