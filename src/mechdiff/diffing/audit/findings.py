@@ -125,8 +125,9 @@ def _take_over(finding: Finding, anchor: Finding) -> tuple[Finding, Finding]:
     """``finding`` becomes the anchor in ``anchor``'s place; returns (the finding to link, the new anchor)."""
     finding.linked, anchor.linked = anchor.linked, []
     if anchor.own_tokens is not None:  # the old anchor had absorbed other lenses' tokens: they come along
+        finding.own_tokens = finding.tokens
         finding.tokens = tuple(dict.fromkeys([*ordered_tokens(finding.tokens), *ordered_tokens(anchor.tokens)]))
-        finding.own_tokens, anchor.tokens, anchor.own_tokens = finding.tokens, anchor.own_tokens, None
+        anchor.tokens, anchor.own_tokens = anchor.own_tokens, None
     finding.score = max(finding.score, anchor.score)
     return anchor, finding
 
