@@ -73,6 +73,26 @@ def _flip_(D: torch.Tensor, seed: int) -> None:
         flat[start:stop].mul_(torch.from_numpy(signs[:stop - start]).to(flat.device))
 
 
+def flip_block_(block: torch.Tensor, seed: int, offset: int) -> torch.Tensor:
+    """Flip, in place, the signs of a block of a larger matrix whose first element is element
+    `offset` (row-major) of that matrix, exactly as `signs_flipped` flips the whole one.
+
+    Args:
+        block: contiguous float32 CPU tensor (a block of whole rows).
+        seed: which signs.
+        offset: flat index of block[0] in the whole matrix, a multiple of 64.
+
+    Returns:
+        block.
+    """
+    if offset % _WORD or block.dtype != torch.float32 or not block.is_contiguous() or block.device.type != "cpu":
+        raise ValueError("flip_block_ needs a contiguous float32 CPU block starting on a multiple of 64")
+    prefer_workqueue_threads()
+    array = block.detach().view(-1).numpy()
+    _flip_kernel(array, array, _key(seed), np.uint64(offset))
+    return block
+
+
 def flip_signs_reference(D: torch.Tensor, seed: int) -> torch.Tensor:
     """Element-by-element version of `flip_signs` (same signs), for tests."""
     src = D.detach().float().contiguous().cpu().view(-1).numpy()

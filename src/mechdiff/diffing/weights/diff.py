@@ -17,8 +17,9 @@ from mechdiff.checkpoint.pairing import Pairing, TensorPair, pair_sources
 from mechdiff.checkpoint.sources import TORCH_DTYPES, TensorSource, read_tensor
 from mechdiff.diffing.weights.experts import routing_change
 from mechdiff.diffing.weights.heads import HeadChange, HeadSlice, head_slices
-from mechdiff.diffing.weights.readout import ReadoutMatrices, Vocabulary
+from mechdiff.diffing.weights.readout import ReadoutMatrices, RowTable, Vocabulary
 from mechdiff.diffing.weights.result import TensorChange, WeightDiff
+from mechdiff.diffing.weights.streamed import StreamedPair, should_stream
 from mechdiff.distributed import (
     SINGLE,
     DistContext,
@@ -26,7 +27,7 @@ from mechdiff.distributed import (
     local_gpu,
     shard_by_size,
 )
-from mechdiff.kernels import delta_stats
+from mechdiff.kernels import DeltaStats, delta_stats
 from mechdiff.weightdecomp.spectral import (
     SpectralConfig,
     Spectrum,
@@ -64,13 +65,23 @@ class DiffConfig:
     """Singular vector pairs stored per matrix (float16) for later projection."""
     n_bins: int = 64
     """Bins of the |delta| histogram in the fused statistics."""
+    stream_above_mb: float = 512.0
+    """Matrices whose float32 delta is larger than this many MiB are never held whole: their
+    statistics, spectrum and intruder count run over blocks of rows read from the
+    checkpoints, and a readout table this large is read in row blocks too (0: never).
+    Why 512: an 8B model's 128k-token embedding (2 GB as float32) streams, its 235 MB MLP
+    matrices do not, and nothing of a 1B model does (its largest, 250 MB, keeps its speed)."""
+    block_mb: float = 64.0
+    """Float32 size in MiB of one row block of a streamed matrix."""
 
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
-        for name in ("readout_directions", "readout_tokens", "store_vectors", "intruder_top"):
+        for name in ("readout_directions", "readout_tokens", "store_vectors", "intruder_top", "stream_above_mb"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
+        if not self.block_mb > 0:
+            raise ValueError("block_mb must be > 0")
 
     def resolved_device(self, local_rank: int = 0) -> torch.device:
         """The torch device spectra run on (one GPU per rank under torchrun)."""
@@ -112,13 +123,17 @@ def diff_sources(
     ctx = ctx or SINGLE
     pairing = pairing or pair_sources(base, ft)
     device = config.resolved_device(ctx.local_rank)
-    readout = _readout_matrices(base, pairing)
+    readout = _readout_matrices(base, pairing, _mib(config.stream_above_mb))
     mine = shard_by_size([p.numel for p in pairing.pairs], ctx.world)[ctx.rank]
     local, workspace, reader = [], DeltaWorkspace(), PairReader(base, ft)
     for index in mine:
         pair = pairing.pairs[index]
-        b, f = reader.read(pair)
-        local.append((index, _analyze_pair(b, f, pair, pairing.layout, readout, config, device, workspace)))
+        if _streams(base, ft, pair, config):
+            item = _analyze_streamed(base, ft, pair, readout, config, device)
+        else:
+            b, f = reader.read(pair)
+            item = _analyze_pair(b, f, pair, pairing.layout, readout, config, device, workspace)
+        local.append((index, item))
         if progress:
             progress(pair)
     read = [pairing.pairs[i] for i in mine]
@@ -185,6 +200,7 @@ class PairReader:
     """
 
     def __init__(self, base: TensorSource, ft: TensorSource) -> None:
+        self.base, self.ft = base, ft
         self._base, self._ft = base, ft
         self._buffers = [np.empty(0, np.uint8), np.empty(0, np.uint8)]
         self._pool: ThreadPoolExecutor | None = None
@@ -272,21 +288,12 @@ def _analyze_pair(
     stored = workspace.take(b.shape) if _is_matrix(b) else None  # D in storage order, same pass
     stats = delta_stats(b, f, n_bins=config.n_bins, out=stored)
     del f
-    change = TensorChange(
-        tensor=pair.name, layer=pair.info.layer, kind=pair.info.kind, score=score_1d(stats.rel_delta),
-        rel_delta=stats.rel_delta, rank=0, structured_fraction=0.0, cosine=stats.cosine,
-        max_abs_delta=stats.max_abs_d, norm_base=stats.norm_base, norm_delta=stats.norm_d,
-        nan_base=stats.nan_base, inf_base=stats.inf_base, nan_ft=stats.nan_ft, inf_ft=stats.inf_ft,
-        shape=_out_in_shape(tuple(pair.ft_shape), pair.info), expert=pair.expert,
-    )
+    change = _change_from_stats(pair, stats)
     if stored is None or stats.sum_d2 == 0.0:
         return change, [], []
     delta = _oriented(stored, pair.info)
     spectrum = analyze_delta(delta.to(device), base_norm=stats.norm_base, config=config.spectral, frob2=stats.sum_d2)
-    _fill_spectral(change, spectrum, config)
-    change.tokens_in, change.tokens_out = readout.tokens_for(
-        pair.info.kind, spectrum.U, spectrum.V, min(spectrum.rank, config.readout_directions), config.readout_tokens
-    ) if spectrum.rank > 0 else ([], [])
+    _fill_spectral(change, spectrum, readout, pair.info.kind, config)
     moved = readout.moved_rows(delta, config.readout_tokens) if pair.info.kind in ("embed", "unembed") else []
     if pair.info.kind == "router" and readout.embed is not None:
         top_k = layout.geometry.experts_per_token if layout.geometry else 1
@@ -294,6 +301,43 @@ def _analyze_pair(
                                         config.readout_tokens)
     heads = _head_changes(pair.info, delta, _oriented(b, pair.info), layout.geometry, config, device) if config.heads else []
     return change, heads, moved
+
+
+def _mib(size_mb: float) -> int:
+    return int(size_mb * 2**20)
+
+
+def _streams(base: TensorSource, ft: TensorSource, pair: TensorPair, config: DiffConfig) -> bool:
+    return should_stream(base, ft, pair, above_bytes=_mib(config.stream_above_mb), heads=config.heads)
+
+
+def _analyze_streamed(base: TensorSource, ft: TensorSource, pair: TensorPair, readout: ReadoutMatrices,
+                      config: DiffConfig, device: torch.device) -> tuple[TensorChange, list, list[str]]:
+    """`_analyze_pair` for a large plain matrix, in row blocks (see streamed.py): no heads, no router."""
+    streamed = StreamedPair(base, ft, pair, _mib(config.block_mb))
+    try:
+        embedding = pair.info.kind in ("embed", "unembed")
+        stats, row_norms = streamed.statistics(config.n_bins, row_norms=embedding)
+        change = _change_from_stats(pair, stats)
+        if stats.sum_d2 == 0.0:
+            return change, [], []
+        spectrum = analyze_delta(streamed.delta(device), base_norm=stats.norm_base, config=config.spectral,
+                                 frob2=stats.sum_d2)
+    finally:
+        streamed.close()
+    _fill_spectral(change, spectrum, readout, pair.info.kind, config)
+    moved = readout.moved_from_norms(row_norms, config.readout_tokens) if embedding else []
+    return change, [], moved
+
+
+def _change_from_stats(pair: TensorPair, stats: DeltaStats) -> TensorChange:
+    return TensorChange(
+        tensor=pair.name, layer=pair.info.layer, kind=pair.info.kind, score=score_1d(stats.rel_delta),
+        rel_delta=stats.rel_delta, rank=0, structured_fraction=0.0, cosine=stats.cosine,
+        max_abs_delta=stats.max_abs_d, norm_base=stats.norm_base, norm_delta=stats.norm_d,
+        nan_base=stats.nan_base, inf_base=stats.inf_base, nan_ft=stats.nan_ft, inf_ft=stats.inf_ft,
+        shape=_out_in_shape(tuple(pair.ft_shape), pair.info), expert=pair.expert,
+    )
 
 
 def _count_intruders(reader: PairReader, pairing: Pairing, changes: list[TensorChange],
@@ -308,9 +352,18 @@ def _count_intruders(reader: PairReader, pairing: Pairing, changes: list[TensorC
     pairs = {p.name: p for p in pairing.pairs}
     for change in structured:
         pair = pairs[change.tensor]
+        k = min(16, config.spectral.k)
+        if _streams(reader.base, reader.ft, pair, config):
+            streamed = StreamedPair(reader.base, reader.ft, pair, _mib(config.block_mb))
+            try:  # each side in row blocks: two float32 copies of a 2 GB embedding are what streaming avoids
+                cpu = torch.device("cpu")  # where the whole-matrix intruder count runs too
+                w_base, w_ft = streamed.side("base", cpu), streamed.side("ft", cpu)
+                change.n_intruders = len(intruder_dimensions(w_base, w_ft, k=k, seed=config.spectral.seed))
+            finally:
+                streamed.close()
+            continue
         b, f = reader.read(pair)
         w_base, w_ft = (_finite_float(_oriented(t, pair.info), space) for t, space in zip((b, f), workspaces, strict=True))
-        k = min(16, config.spectral.k)
         change.n_intruders = len(intruder_dimensions(w_base, w_ft, k=k, seed=config.spectral.seed))
 
 
@@ -339,7 +392,8 @@ def _finite_norm(t: torch.Tensor) -> float:
     return float(torch.linalg.vector_norm(t.double().nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)))
 
 
-def _fill_spectral(change: TensorChange, spectrum: Spectrum, config: DiffConfig) -> None:
+def _fill_spectral(change: TensorChange, spectrum: Spectrum, readout: ReadoutMatrices, kind: str,
+                   config: DiffConfig) -> None:
     change.score = spectrum.score
     change.rank = spectrum.rank
     change.structured_fraction = spectrum.structured_fraction
@@ -350,6 +404,9 @@ def _fill_spectral(change: TensorChange, spectrum: Spectrum, config: DiffConfig)
     keep = min(config.store_vectors, spectrum.U.shape[1])
     change.U = np.asarray(spectrum.U[:, :keep], dtype=np.float16)
     change.V = np.asarray(spectrum.V[:, :keep], dtype=np.float16)
+    change.tokens_in, change.tokens_out = readout.tokens_for(
+        kind, spectrum.U, spectrum.V, min(spectrum.rank, config.readout_directions), config.readout_tokens
+    ) if spectrum.rank > 0 else ([], [])
 
 
 def _head_changes(
@@ -437,23 +494,33 @@ def _nonfinite_warnings(change: TensorChange) -> list[str]:
     return out
 
 
-def _readout_matrices(base: TensorSource, pairing: Pairing) -> ReadoutMatrices:
+def _readout_matrices(base: TensorSource, pairing: Pairing, stream_above: int) -> ReadoutMatrices:
     """Load the base model's embedding, unembedding and final norm once, for token readouts
-    (in their stored dtype: the products upcast row blocks, see readout.rows_times)."""
+    (in their stored dtype: the products upcast row blocks, see readout.rows_times); a table
+    whose float32 size is above `stream_above` bytes (when > 0) is read in row blocks instead."""
     layout = pairing.layout
     by_canonical = {p.info.canonical: p for p in pairing.pairs}
     kinds = {p.info.kind: p for p in pairing.pairs}
     embed_pair = by_canonical.get(layout.embed or "") or kinds.get("embed")
     unembed_pair = by_canonical.get(layout.unembed or "") or kinds.get("unembed") or embed_pair
-    embed = _float_table(base.get(embed_pair.base_name)) if embed_pair else None
+    embed = _table(base, embed_pair.base_name, stream_above) if embed_pair else None
     unembed = gain = None
     if unembed_pair is not None:
-        unembed = embed if unembed_pair is embed_pair else _float_table(base.get(unembed_pair.base_name))
+        unembed = embed if unembed_pair is embed_pair else _table(base, unembed_pair.base_name, stream_above)
         norm_pair = by_canonical.get(layout.final_norm or "")
         if norm_pair is not None and unembed is not None:
             gain = base.get(norm_pair.base_name).float() + layout.norm_offset
             gain = gain if gain.shape == unembed.shape[1:] else None
     return ReadoutMatrices(embed, unembed, Vocabulary.from_folder(base.folder), unembed_gain=gain)
+
+
+def _table(base: TensorSource, name: str, stream_above: int) -> torch.Tensor | RowTable:
+    meta = base.meta(name)
+    dtype = TORCH_DTYPES.get(meta.dtype)
+    if (0 < stream_above < math.prod(meta.shape) * 4 and len(meta.shape) >= 2 and hasattr(base, "get_into")
+            and dtype in NATIVE_DTYPES):
+        return RowTable(base, name)
+    return _float_table(base.get(name))
 
 
 def _float_table(t: torch.Tensor) -> torch.Tensor:

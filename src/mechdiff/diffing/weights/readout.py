@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import numpy as np
 import torch
 
 from mechdiff.checkpoint.layout import READS_RESIDUAL, WRITES_RESIDUAL
+from mechdiff.checkpoint.sources import TORCH_DTYPES, TensorSource, read_tensor
 from mechdiff.errors import InputError
 
 
@@ -54,13 +56,14 @@ class ReadoutMatrices:
     """Embedding (what the residual stream reads from tokens) and unembedding (what it writes to logits).
 
     Both are [vocab, d] in the checkpoint's stored dtype: a float32 copy of a 128k-token
-    table is 2 GB, so products run in row blocks upcast one at a time. ``unembed_gain`` is
+    table is 2 GB, so products run in row blocks upcast one at a time; a table larger than
+    the diff's streaming threshold stays on disk (a RowTable) and is read in those blocks. ``unembed_gain`` is
     the final norm's effective gain, applied to a direction before it meets the unembedding
     (W_U (g * x)), so the direction is read as the logits it would cause.
     """
 
-    embed: torch.Tensor | None
-    unembed: torch.Tensor | None
+    embed: torch.Tensor | RowTable | None
+    unembed: torch.Tensor | RowTable | None
     vocab: Vocabulary
     unembed_gain: torch.Tensor | None = None
 
@@ -85,7 +88,7 @@ class ReadoutMatrices:
             tokens_out = self._top_tokens(self.unembed, U, top)
         return tokens_in, tokens_out
 
-    def _top_tokens(self, table: torch.Tensor, directions: np.ndarray, top: int) -> list[str]:
+    def _top_tokens(self, table: torch.Tensor | RowTable, directions: np.ndarray, top: int) -> list[str]:
         scores = rows_times(table, torch.from_numpy(np.ascontiguousarray(directions, dtype=np.float32)))  # [vocab, r]
         tokens: list[str] = []
         for col in scores.T:
@@ -99,7 +102,10 @@ class ReadoutMatrices:
 
     def moved_rows(self, delta_rows: torch.Tensor, top: int) -> list[str]:
         """Tokens whose embedding (or unembedding) rows moved most."""
-        norms = torch.linalg.vector_norm(delta_rows.float(), dim=1)
+        return self.moved_from_norms(torch.linalg.vector_norm(delta_rows.float(), dim=1), top)
+
+    def moved_from_norms(self, norms: torch.Tensor, top: int) -> list[str]:
+        """`moved_rows` from each row's ||delta row|| (a streamed table's, gathered block by block)."""
         idx = torch.topk(norms, min(top, norms.numel())).indices.tolist()
         return [self.vocab.token(i) for i in idx if norms[i] > 0]
 
@@ -107,10 +113,37 @@ class ReadoutMatrices:
 READOUT_BLOCK_ROWS = 16384
 
 
-def rows_times(table: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+class RowTable:
+    """A [vocab, d] table left in its checkpoint and read a block of rows at a time.
+
+    Why: a 128k-token embedding is 1 GB even in bf16, and an untied unembedding another;
+    the readouts only ever multiply row blocks of it (`rows_times`, the routing readout).
+    ``table[a:b]`` is a view of one reused buffer, valid until the next read.
+    """
+
+    def __init__(self, source: TensorSource, name: str) -> None:
+        meta = source.meta(name)
+        self.shape = torch.Size((meta.shape[0], math.prod(meta.shape[1:])))
+        self.dtype = TORCH_DTYPES[meta.dtype]
+        self._source, self._name = source, name
+        self._buffer = np.empty(0, np.uint8)
+
+    def __getitem__(self, rows: slice) -> torch.Tensor:
+        if not isinstance(rows, slice) or rows.step not in (None, 1):
+            raise TypeError("a RowTable reads contiguous row slices only")
+        start, stop, _ = rows.indices(self.shape[0])
+        need = max(stop - start, 0) * self.shape[1] * self.dtype.itemsize
+        if len(self._buffer) < need:
+            self._buffer = np.empty(0, np.uint8)  # free the old one first
+            self._buffer = np.empty(need, np.uint8)
+        block = read_tensor(self._source, self._name, self._buffer, slice(start, stop))
+        return block.reshape(max(stop - start, 0), self.shape[1])
+
+
+def rows_times(table: torch.Tensor | RowTable, matrix: torch.Tensor) -> torch.Tensor:
     """``table.float() @ matrix`` for a [rows, d] table in any float dtype, upcasting one block of
     rows at a time (the float32 copy of a 128k-token table alone would be 2 GB)."""
-    if table.dtype == torch.float32:
+    if isinstance(table, torch.Tensor) and table.dtype == torch.float32:
         return table @ matrix
     out = torch.empty(table.shape[0], matrix.shape[1])
     for start in range(0, table.shape[0], READOUT_BLOCK_ROWS):

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from mechdiff.kernels.signs import signs_flipped
+from mechdiff.weightdecomp.spectral.blocked import RowBlockMatrix
 from mechdiff.weightdecomp.spectral.config import (
     SpectralConfig,
     check_matrix,
@@ -86,13 +87,14 @@ class Spectrum:
         """||D||_F / ||W_base||_F (inf when the base is all zero and D is not)."""
         return safe_ratio(math.sqrt(self.frob2), self.base_norm)
 
-def analyze_delta(D: torch.Tensor, *, base_norm: float, config: SpectralConfig,
+def analyze_delta(D: torch.Tensor | RowBlockMatrix, *, base_norm: float, config: SpectralConfig,
                   frob2: float | None = None) -> Spectrum:
     """Spectrum, noise bulk, structured rank and score of one delta matrix.
 
     Args:
         D: W_ft - W_base as [out, in] (or one head slice of it), float32, any device,
-            all finite (NaN/Inf raise ValueError: the caller reports them instead).
+            all finite (NaN/Inf raise ValueError: the caller reports them instead); or a
+            RowBlockMatrix that forms it one block of rows at a time (a large matrix).
         base_norm: ||W_base||_F of the same tensor or slice (the score's unit).
         config: sketch and detection settings.
         frob2: ||D||_F^2 when the caller already has it (fused statistics); computed
@@ -198,15 +200,17 @@ class _NoiseFit:
     rank: int
     thetas: np.ndarray  # float64[rank]
 
-def frobenius2(D: torch.Tensor) -> float:
+def frobenius2(D: torch.Tensor | RowBlockMatrix) -> float:
     """||D||_F^2 summed in float64 over blocks of rows (no float64 copy of D).
 
     Args:
-        D: matrix [m, n], any float dtype and device.
+        D: matrix [m, n], any float dtype and device (or a RowBlockMatrix).
 
     Returns:
         The squared Frobenius norm.
     """
+    if isinstance(D, RowBlockMatrix):
+        return sum(frobenius2(block) for _, _, block in D.blocks())
     rows = max(1, _FROB_BLOCK // max(1, D.shape[1]))
     return sum(float(torch.linalg.vector_norm(D[i:i + rows])) ** 2
                for i in range(0, D.shape[0], rows))
@@ -252,7 +256,7 @@ def spike_strength(s: np.ndarray, sigma: float, m: int, n: int) -> np.ndarray:
     disc = np.maximum(b * b - 4 * var * var * m * n, 0.0)
     return np.sqrt(np.maximum((b + np.sqrt(disc)) / 2, 0.0))
 
-def _detect(D: torch.Tensor, S: torch.Tensor, frob2: float, config: SpectralConfig
+def _detect(D: torch.Tensor | RowBlockMatrix, S: torch.Tensor, frob2: float, config: SpectralConfig
             ) -> _NoiseFit:
     iid_fit = _fit_noise(S, D.shape, frob2, config)
     if not config.signflip or iid_fit.rank == 0:  # the flip can only raise the cut
@@ -266,13 +270,14 @@ def _detect(D: torch.Tensor, S: torch.Tensor, frob2: float, config: SpectralConf
     flip_ratio = _signflip_top(D, config) / sigma_all if sigma_all > 0 else 0.0
     return _fit_noise(S, D.shape, frob2, config, flip_ratio)
 
-def _signflip_top(D: torch.Tensor, config: SpectralConfig) -> float:
+def _signflip_top(D: torch.Tensor | RowBlockMatrix, config: SpectralConfig) -> float:
     # Top singular value of D * R, R_ij = +-1 at random (a counter-based hash, so every
     # device flips the same entries; D is flipped in place and restored), raised by the
     # sketch margin when sketched (a thin deep Krylov basis: depth matters more than
     # width here).
     width, depth = 4, 8
-    with signs_flipped(D, config.seed + 1) as flipped:
+    seed = config.seed + 1
+    with D.signs_flipped(seed) if isinstance(D, RowBlockMatrix) else signs_flipped(D, seed) as flipped:
         _, S, _ = randomized_svd(flipped, 1, oversample=width - 1, n_iter=depth,
                                  generator=torch.Generator().manual_seed(config.seed + 1))
     exact = use_exact(D.shape, 1, width - 1, depth, "krylov")

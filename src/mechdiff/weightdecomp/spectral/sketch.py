@@ -7,6 +7,7 @@ from contextlib import contextmanager
 
 import torch
 
+from mechdiff.weightdecomp.spectral.blocked import RowBlockMatrix
 from mechdiff.weightdecomp.spectral.config import (
     SKETCH_METHODS,
     SpectralConfig,
@@ -22,7 +23,7 @@ ONE_THREAD_MAX_ENTRIES = 1 << 18  # head slices and small layers: threads cost m
 
 _THIN_DT_MIN, _THIN_DT_MAX = 8, 64  # sketch widths where _times_dt transposes the product
 
-def randomized_svd(D: torch.Tensor, k: int, *, oversample: int = 10, n_iter: int = 2,
+def randomized_svd(D: torch.Tensor | RowBlockMatrix, k: int, *, oversample: int = 10, n_iter: int = 2,
                    generator: torch.Generator | None = None, method: str = "krylov"
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Top-k singular triplets of D by a randomized range sketch (Halko et al. 2011).
@@ -35,7 +36,8 @@ def randomized_svd(D: torch.Tensor, k: int, *, oversample: int = 10, n_iter: int
     Matrices too small for a sketch to pay get an exact SVD.
 
     Args:
-        D: float32 matrix [m, n] on any device; results live on the same device.
+        D: float32 matrix [m, n] on any device; results live on the same device. A
+            RowBlockMatrix works too: each pass over D forms it one block of rows at a time.
         k: number of triplets wanted; clipped to min(m, n).
         oversample: extra sketch columns.
         n_iter: power iterations / Krylov depth (each costs two passes over D).
@@ -52,7 +54,7 @@ def randomized_svd(D: torch.Tensor, k: int, *, oversample: int = 10, n_iter: int
     m, n = D.shape
     k = min(k, m, n)
     if use_exact(D.shape, k, oversample, n_iter, method):
-        return _exact_svd(D, k)
+        return _exact_svd(D.dense() if isinstance(D, RowBlockMatrix) else D, k)
     if generator is None:
         generator = torch.Generator().manual_seed(0)
     omega_t = torch.randn(k + oversample, n, generator=generator).to(D.device)  # [l, n]
