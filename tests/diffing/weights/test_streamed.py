@@ -115,3 +115,30 @@ def test_row_table_products_equal_the_loaded_table(tmp_path):
     torch.testing.assert_close(rows_times(table, directions), rows_times(source.get(EMBED), directions),
                                rtol=0, atol=0)
     assert torch.equal(table[150:200], source.get(EMBED)[150:200])
+
+
+def test_deferred_readouts_through_a_row_table_equal_the_loaded_ones(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from mechdiff.diffing.weights import readout as readout_module
+    from mechdiff.diffing.weights.readout import ReadoutMatrices, Vocabulary
+
+    monkeypatch.setattr(readout_module, "READOUT_BLOCK_ROWS", 48)  # 200 rows: 5 blocks, the last one 8
+    base, _ = _pair(tmp_path, torch.bfloat16)
+    source = open_source(base)
+    table = RowTable(source, EMBED)
+    loaded = ReadoutMatrices(source.get(EMBED), source.get(EMBED), Vocabulary())
+    streamed = ReadoutMatrices(table, table, Vocabulary())  # tied: one pass serves both sides
+    g = torch.Generator().manual_seed(3)
+    V = torch.randn(128, 3, generator=g).numpy()
+    V[:, 1] = -source.get(EMBED)[42].float().numpy()  # a direction whose strongest token is negative
+    U = torch.randn(128, 2, generator=g).numpy()
+    targets = [SimpleNamespace(tokens_in=[], tokens_out=[]) for _ in range(2)]
+    streamed.read_out(targets[0], "mlp_in", U, V, 3, 4)
+    streamed.read_out(targets[1], "mlp_out", U, V, 2, 4)
+    assert targets[0].tokens_in == []  # deferred until flush
+    streamed.flush()
+    expected_in, _ = loaded.tokens_for("mlp_in", U, V, 3, 4)
+    _, expected_out = loaded.tokens_for("mlp_out", U, V, 2, 4)
+    assert targets[0].tokens_in == expected_in and "#42" in expected_in
+    assert targets[1].tokens_out == expected_out and expected_out

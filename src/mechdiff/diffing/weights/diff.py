@@ -136,6 +136,7 @@ def diff_sources(
         local.append((index, item))
         if progress:
             progress(pair)
+    readout.flush()  # the readouts through streamed tables: one pass over each for all changes
     read = [pairing.pairs[i] for i in mine]
     digests = (known_digests(base, [p.base_name for p in read]), known_digests(ft, [p.ft_name for p in read]))
     gathered = gather_to_main(ctx, (local, digests))
@@ -404,9 +405,9 @@ def _fill_spectral(change: TensorChange, spectrum: Spectrum, readout: ReadoutMat
     keep = min(config.store_vectors, spectrum.U.shape[1])
     change.U = np.asarray(spectrum.U[:, :keep], dtype=np.float16)
     change.V = np.asarray(spectrum.V[:, :keep], dtype=np.float16)
-    change.tokens_in, change.tokens_out = readout.tokens_for(
-        kind, spectrum.U, spectrum.V, min(spectrum.rank, config.readout_directions), config.readout_tokens
-    ) if spectrum.rank > 0 else ([], [])
+    if spectrum.rank > 0:
+        readout.read_out(change, kind, spectrum.U, spectrum.V, min(spectrum.rank, config.readout_directions),
+                         config.readout_tokens)
 
 
 def _head_changes(

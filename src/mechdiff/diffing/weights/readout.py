@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +66,7 @@ class ReadoutMatrices:
     unembed: torch.Tensor | RowTable | None
     vocab: Vocabulary
     unembed_gain: torch.Tensor | None = None
+    _pending: list = field(default_factory=list, repr=False)
 
     def tokens_for(self, kind: str, U: np.ndarray, V: np.ndarray, n_dirs: int, top: int) -> tuple[list[str], list[str]]:
         """Readouts of the first ``n_dirs`` singular directions of a change.
@@ -79,22 +80,46 @@ class ReadoutMatrices:
         Returns:
             (tokens_in, tokens_out): tokens the change reads, and tokens it writes.
         """
-        tokens_in: list[str] = []
-        tokens_out: list[str] = []
+        found = {"tokens_in": [], "tokens_out": []}
+        for attr, table, directions in self._requests(kind, U, V, n_dirs):
+            found[attr] = self._tokens(_column_tops(table, directions, top))
+        return found["tokens_in"], found["tokens_out"]
+
+    def read_out(self, target: object, kind: str, U: np.ndarray, V: np.ndarray, n_dirs: int, top: int) -> None:
+        """`tokens_for` into ``target.tokens_in`` / ``target.tokens_out``: at once through a table in
+        memory, at `flush` through a RowTable (one pass over it for every change read out)."""
+        for attr, table, directions in self._requests(kind, U, V, n_dirs):
+            if isinstance(table, RowTable):
+                self._pending.append((target, attr, table, directions, top))
+            else:
+                setattr(target, attr, self._tokens(_column_tops(table, directions, top)))
+
+    def flush(self) -> None:
+        """Finish the readouts `read_out` left for the streamed tables: one pass over each."""
+        pending, self._pending = self._pending, []
+        for table in {id(p[2]): p[2] for p in pending}.values():
+            mine = [p for p in pending if p[2] is table]
+            top = max(p[4] for p in mine)
+            tops = _column_tops(table, np.concatenate([p[3] for p in mine], axis=1), top)
+            start = 0
+            for target, attr, _, directions, wanted in mine:
+                cols = tops[start:start + directions.shape[1]]
+                setattr(target, attr, self._tokens([ids[:wanted] for ids in cols]))
+                start += directions.shape[1]
+
+    def _requests(self, kind: str, U: np.ndarray, V: np.ndarray, n_dirs: int) -> list[tuple]:
+        out = []
         if kind in READS_RESIDUAL and self.embed is not None and V.shape[0] == self.embed.shape[1]:
-            tokens_in = self._top_tokens(self.embed, V[:, :n_dirs], top)
+            out.append(("tokens_in", self.embed, V[:, :n_dirs]))
         if kind in WRITES_RESIDUAL and self.unembed is not None and U.shape[0] == self.unembed.shape[1]:
             U = U[:, :n_dirs] if self.unembed_gain is None else U[:, :n_dirs] * self.unembed_gain.numpy()[:, None]
-            tokens_out = self._top_tokens(self.unembed, U, top)
-        return tokens_in, tokens_out
+            out.append(("tokens_out", self.unembed, U))
+        return [(attr, table, np.ascontiguousarray(d, dtype=np.float32)) for attr, table, d in out]
 
-    def _top_tokens(self, table: torch.Tensor | RowTable, directions: np.ndarray, top: int) -> list[str]:
-        scores = rows_times(table, torch.from_numpy(np.ascontiguousarray(directions, dtype=np.float32)))  # [vocab, r]
+    def _tokens(self, column_tops: list[list[int]]) -> list[str]:
         tokens: list[str] = []
-        for col in scores.T:
-            # a singular vector's sign is arbitrary: orient it so its strongest token is positive
-            col = col if col.max() >= -col.min() else -col
-            for token_id in torch.topk(col, min(top, col.numel())).indices.tolist():
+        for ids in column_tops:
+            for token_id in ids:
                 text = self.vocab.token(token_id)
                 if text not in tokens:
                     tokens.append(text)
@@ -149,3 +174,34 @@ def rows_times(table: torch.Tensor | RowTable, matrix: torch.Tensor) -> torch.Te
     for start in range(0, table.shape[0], READOUT_BLOCK_ROWS):
         out[start:start + READOUT_BLOCK_ROWS] = table[start:start + READOUT_BLOCK_ROWS].float() @ matrix
     return out
+
+
+def _column_tops(table: torch.Tensor | RowTable, directions: np.ndarray, top: int) -> list[list[int]]:
+    """Per column of ``table @ directions``: the ids of its `top` largest entries, descending,
+    after orienting the column so its strongest entry is positive (a singular vector's sign
+    is arbitrary). A RowTable is read once, keeping each column's running extremes."""
+    matrix = torch.from_numpy(directions)
+    if not isinstance(table, RowTable):
+        return [_oriented_top(col, top) for col in rows_times(table, matrix).T]
+    r, k = matrix.shape[1], min(top, table.shape[0])
+    high_v, high_i = torch.empty(0, r), torch.empty(0, r, dtype=torch.long)
+    low_v, low_i = torch.empty(0, r), torch.empty(0, r, dtype=torch.long)
+    for start in range(0, table.shape[0], READOUT_BLOCK_ROWS):
+        scores = table[start:start + READOUT_BLOCK_ROWS].float() @ matrix
+        ids = torch.arange(start, start + scores.shape[0]).unsqueeze(1).expand_as(scores)
+        high_v, high_i = _merge_top(high_v, high_i, scores, ids, k)
+        low_v, low_i = _merge_top(low_v, low_i, -scores, ids, k)
+    # orient as _oriented_top does: col.max() >= -col.min() keeps the column's sign
+    return [(high_i[:, j] if high_v[0, j] >= low_v[0, j] else low_i[:, j]).tolist() for j in range(r)]
+
+
+def _merge_top(values: torch.Tensor, ids: torch.Tensor, scores: torch.Tensor, score_ids: torch.Tensor,
+               k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    values, ids = torch.cat([values, scores]), torch.cat([ids, score_ids])
+    best = torch.topk(values, min(k, values.shape[0]), dim=0)
+    return best.values, torch.gather(ids, 0, best.indices)
+
+
+def _oriented_top(col: torch.Tensor, top: int) -> list[int]:
+    col = col if col.max() >= -col.min() else -col
+    return torch.topk(col, min(top, col.numel())).indices.tolist()
