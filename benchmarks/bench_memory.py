@@ -2,9 +2,13 @@
 
 The pair has Llama-3-8B shapes (d 4096, 32 heads / 8 kv heads, ffn 14336, vocab 128256)
 but 1 layer instead of 32: the diff streams one tensor pair at a time, so its peak is set
-by the largest tensor (the 128256 x 4096 embedding and lm_head), not by the layer count,
-and 32 layers would need 32 GB of disk and an hour of this 2-core machine. The row reports
-peak RSS as a ratio to the largest tensor's float32 size, against the 2 GB budget.
+by the largest tensors (the 128256 x 4096 embedding and lm_head), not by the layer count,
+and 32 layers would need 32 GB of disk and an hour of this 2-core machine. Those two are
+larger than DiffConfig.stream_above_mb, so they are diffed in row blocks and never held
+whole (nor are they loaded for the token readouts); the peak is then the interpreter and
+its libraries, the largest matrix analyzed whole (an MLP matrix) and one row block. The
+row reports peak RSS (VmHWM of the worker: anonymous and file-backed pages, everything)
+as a ratio to the largest tensor's float32 size, against the 2 GB budget.
 Each variant runs in its own process so its peak RSS is its own.
 """
 

@@ -76,7 +76,7 @@ class RowBlockMatrix:
                                  f"{(stop - start, n)}")
             if self._flip_seed is not None:
                 block = flip_block_(block.contiguous(), self._flip_seed, start * n)
-            yield start, stop, block.to(self.device, non_blocking=True)
+            yield start, stop, block.to(self.device)  # synchronous: the producer may reuse its buffer
 
     def dense(self) -> torch.Tensor:
         """The whole matrix (for matrices small enough that an exact SVD is used)."""
