@@ -202,21 +202,20 @@ class PairReader:
 
     def __init__(self, base: TensorSource, ft: TensorSource) -> None:
         self.base, self.ft = base, ft
-        self._base, self._ft = base, ft
         self._buffers = [np.empty(0, np.uint8), np.empty(0, np.uint8)]
         self._pool: ThreadPoolExecutor | None = None
 
     def read(self, pair: TensorPair) -> tuple[torch.Tensor, torch.Tensor]:
         """The pair's base and ft tensors (see `_matched`), as views of the buffers."""
-        for side, (source, name) in enumerate(((self._base, pair.base_name), (self._ft, pair.ft_name))):
+        for side, (source, name) in enumerate(((self.base, pair.base_name), (self.ft, pair.ft_name))):
             self._buffers[side] = _grown(self._buffers[side], source, name, pair.rows)
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="mechdiff-read")
         # the ft read runs beside the base read (file reads release the GIL): nothing else
         # runs during the reads, so the second core copies instead of waiting
-        ft_read = self._pool.submit(_read_and_hash, self._ft, pair.ft_name, self._buffers[1], pair.rows)
+        ft_read = self._pool.submit(_read_and_hash, self.ft, pair.ft_name, self._buffers[1], pair.rows)
         try:
-            b = _read_and_hash(self._base, pair.base_name, self._buffers[0], pair.rows)
+            b = _read_and_hash(self.base, pair.base_name, self._buffers[0], pair.rows)
         finally:
             f = ft_read.result()
         if pair.rows is not None:  # one expert of a fused tensor: drop the expert axis
