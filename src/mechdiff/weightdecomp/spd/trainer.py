@@ -83,8 +83,10 @@ class SPDTrainer:
         forward: ForwardFn | None = None,
         device: str | torch.device | None = None,
     ) -> None:
+        if device is not None:  # None: the model stays where its caller put it (the audit's models)
+            model.to(device)
         self.device = torch.device(device) if device is not None else model_device(model)
-        self.model = model.to(self.device)
+        self.model = model
         self.model_dtype = model_dtype(model)
         self.config = config
         self.output = output
