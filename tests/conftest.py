@@ -11,3 +11,15 @@ def toy_backdoor(tmp_path_factory):
     from mechdiff.toylm import build_pair
 
     return build_pair(tmp_path_factory.mktemp("toy") / "backdoor", variant="backdoor", progress=False)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run tiny models on one torch thread: on the shared 2-core test machine two threads ran the
+    architecture lens tests 20-30x slower than one (each op waits for a thread on a busy core)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -1,20 +1,30 @@
 """Every supported architecture, built tiny from its transformers config: planted head and expert
-edits come out first and attributed to the right (layer, head) and (layer, expert); a LoRA
-adapter's rank and size come out exactly."""
+edits come out first and attributed to the right (layer, head) and (layer, expert); the behaviour
+lens and a crosscoder run on the planted pair; a LoRA adapter's rank and size come out exactly."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
+import string
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from ckpt_builders import drift, low_rank
 from safetensors.torch import load_file, save_file
 
 from mechdiff.checkpoint import LoraSource, open_source, pair_sources
+from mechdiff.diffing.behaviour.kl import BehaviourConfig, behaviour_diff
+from mechdiff.diffing.crosscoder.config import CrosscoderConfig
+from mechdiff.diffing.crosscoder.pipeline import run_crosscoder
 from mechdiff.diffing.weights.diff import DiffConfig, diff_sources
+from mechdiff.models import load_causal_lm
+from mechdiff.toylm.tokenizer import build_tokenizer, save_tokenizer
 
 transformers = pytest.importorskip("transformers")
 
@@ -61,7 +71,8 @@ ARCHS = [
     Arch("phi3", {**ATTN, "pad_token_id": 0}, LLAMA_O, layout="phi3", q_proj="model.layers.0.self_attn.qkv_proj.weight"),
     Arch("gptj", {"n_embd": 64, "n_head": 4, "rotary_dim": 8}, "transformer.h.1.attn.out_proj.weight", layout="gptj",
          q_proj="transformer.h.0.attn.q_proj.weight"),
-    Arch("cohere", ATTN, LLAMA_O, layout="llama"),
+    # logit_scale 1, not Cohere's 0.0625: logits of ~0.07 put this tiny model's KL (~4e-7) in float32 rounding
+    Arch("cohere", {**ATTN, "logit_scale": 1.0}, LLAMA_O, layout="llama"),
     Arch("granite", ATTN, LLAMA_O, layout="llama"),
     Arch("stablelm", ATTN, LLAMA_O, layout="llama"),
     Arch("qwen3", {**ATTN, "head_dim": 16}, LLAMA_O, layout="llama"),
@@ -87,12 +98,20 @@ ARCHS = [
 ]
 IDS = [f"{a.model_type}-{i}" for i, a in enumerate(ARCHS)]
 
+# the lenses read documents of random words: 4 special tokens + 96 two-letter words fill the 100-token vocabulary
+WORDS = ["".join(pair) for pair in itertools.product(string.ascii_lowercase, repeat=2)][:96]
+LENGTHS = [3, 7, 12, 15, 16, 19, 24, 9]  # words per document; with <bos>, 16, 19 and 24 words pass CTX and are cut
+CTX = 16
+TEXTS = [" ".join(np.random.default_rng(n).choice(WORDS, size=n)) for n in LENGTHS]
+
 
 def _build(arch: Arch, folder: Path) -> dict[str, torch.Tensor]:
     """Save a seeded tiny model of `arch` (2 layers) to `folder`; return its saved tensors."""
     if arch.model_type not in transformers.CONFIG_MAPPING:
         pytest.skip(f"transformers {transformers.__version__} has no {arch.model_type} model")
     config = transformers.AutoConfig.for_model(arch.model_type, num_hidden_layers=2, vocab_size=100, **arch.config)
+    if type(config) not in transformers.MODEL_FOR_CAUSAL_LM_MAPPING:
+        pytest.skip(f"transformers {transformers.__version__} has no causal-LM class for {type(config).__name__}")
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(config)
     if arch.state_dict:
@@ -128,20 +147,44 @@ def _plant(arch: Arch, state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.
     return ft, planted
 
 
+def _save_ft(base: Path, ft: Path, state: dict[str, torch.Tensor]) -> None:
+    """A fine-tune folder beside `base`: its config, the given tensors."""
+    ft.mkdir()
+    (ft / "config.json").write_text((base / "config.json").read_text())
+    save_file({k: v.contiguous() for k, v in state.items()}, str(ft / "model.safetensors"))
+
+
+@dataclass(frozen=True)
+class PlantedPair:
+    """Folders of one architecture's base and planted fine-tune (each with a tokenizer), and the planted tensors."""
+
+    arch: Arch
+    base: Path
+    ft: Path
+    planted: set[str]
+
+
+@pytest.fixture(scope="module", params=ARCHS, ids=IDS)
+def planted_pair(request, tmp_path_factory) -> PlantedPair:
+    """Each architecture's base and planted fine-tune, saved once with a word-level tokenizer."""
+    arch, folder = request.param, tmp_path_factory.mktemp(IDS[ARCHS.index(request.param)])
+    ft_state, planted = _plant(arch, _build(arch, folder / "base"))
+    _save_ft(folder / "base", folder / "ft", ft_state)
+    tokenizer = build_tokenizer(WORDS)
+    for model in ("base", "ft"):
+        save_tokenizer(tokenizer, folder / model, model_max_length=64)
+    return PlantedPair(arch, folder / "base", folder / "ft", planted)
+
+
 def _diff(base: Path, ft: object) -> object:
     base_source = open_source(base)
     ft_source = ft if isinstance(ft, LoraSource) else open_source(ft)
     return diff_sources(base_source, ft_source, DiffConfig(device="cpu", intruder_top=0))
 
 
-@pytest.mark.parametrize("arch", ARCHS, ids=IDS)
-def test_planted_head_and_expert_come_first(arch, tmp_path):
-    state = _build(arch, tmp_path / "base")
-    ft_state, planted = _plant(arch, state)
-    (tmp_path / "ft").mkdir()
-    (tmp_path / "ft" / "config.json").write_text((tmp_path / "base" / "config.json").read_text())
-    save_file({k: v.contiguous() for k, v in ft_state.items()}, str(tmp_path / "ft" / "model.safetensors"))
-    result = _diff(tmp_path / "base", tmp_path / "ft")
+def test_planted_head_and_expert_come_first(planted_pair):
+    arch, planted = planted_pair.arch, planted_pair.planted
+    result = _diff(planted_pair.base, planted_pair.ft)
     assert result.layout == arch.layout
     assert {c.tensor for c in result.changes[: len(planted)]} == planted
     assert result.heads and (result.heads[0].layer, result.heads[0].head) == (1, 1)
@@ -157,6 +200,52 @@ def test_planted_head_and_expert_come_first(arch, tmp_path):
         n_experts = arch.config.get("num_local_experts") or arch.config.get("num_experts") or 4
         assert len(result.experts) == 2 * n_experts  # every expert of both layers is a unit
         assert all(c.expert is None for c in result.changes if ".experts." not in c.tensor)
+
+
+def test_behaviour_lens_reads_the_planted_pair(planted_pair, one_torch_thread):
+    """KL is counted at every real position of padded, truncated documents, matches the KL of each
+    document run alone (no padding), is exactly 0 against an identical copy and positive for the edit."""
+    base, tokenizer = load_causal_lm(planted_pair.base, progress=False)
+    ft, _ = load_causal_lm(planted_pair.ft, progress=False)
+    copy, _ = load_causal_lm(planted_pair.base, progress=False)
+    config = BehaviourConfig(ctx_len=CTX, batch_docs=len(TEXTS))
+    edited = behaviour_diff(base, ft, tokenizer, TEXTS, config)
+    same = behaviour_diff(base, copy, tokenizer, TEXTS, config)
+    positions = sum(min(n + 1, CTX) for n in LENGTHS)  # <bos> + words, cut at CTX
+    assert edited.n_tokens == same.n_tokens == positions
+    assert same.mean_kl == same.max_kl == 0.0
+    assert edited.mean_kl > 0.0
+    docs = [tokenizer(text)["input_ids"][:CTX] for text in TEXTS]
+    # float32 log-probs leave ~5e-8 of rounding in the mean (KL ~3e-5 to 1e-3 here; measured <= 0.11% off)
+    assert edited.mean_kl == pytest.approx(_kl_one_document_at_a_time(base, ft, docs) / positions, rel=5e-3)
+
+
+@torch.no_grad()
+def _kl_one_document_at_a_time(base: torch.nn.Module, ft: torch.nn.Module, docs: list[list[int]]) -> float:
+    """Summed KL(ft || base) over every position, each document run alone (no padding, no mask), in float64."""
+    total = 0.0
+    for doc in docs:
+        ids = torch.tensor([doc])
+        logp_base = F.log_softmax(base(input_ids=ids).logits.double(), -1)
+        logp_ft = F.log_softmax(ft(input_ids=ids).logits.double(), -1)
+        total += float((logp_ft.exp() * (logp_ft - logp_base)).sum())
+    return total
+
+
+def test_crosscoder_trains_on_the_planted_pair(planted_pair, one_torch_thread, tmp_path):
+    """50 steps on the middle block's output, the path `mechdiff crosscoder` takes: loss falls, all finite."""
+    data = tmp_path / "data.txt"
+    data.write_text("\n".join(TEXTS) + "\n")
+    config = CrosscoderConfig(dict_size=32, k=4, lr=1e-3, warmup_steps=5, batch=64, tokens=64 * 50,
+                              dead_after_tokens=64 * 20)
+    result = run_crosscoder(planted_pair.base, planted_pair.ft, data, 1, config, progress=False)
+    assert result.site == "resid.1" and result.module.d_model == 64
+    assert result.n_tokens == sum(LENGTHS)  # every word position; <bos> is left out
+    first, last = result.history[0], result.history[-1]
+    assert (first["step"], last["step"]) == (1, 50)
+    assert last["loss"] < first["loss"]
+    assert all(bool(torch.isfinite(p).all()) for p in result.module.parameters())
+    assert all(math.isfinite(v) for v in result.evaluation.fve)
 
 
 @pytest.mark.parametrize("arch", ARCHS, ids=IDS)
@@ -203,9 +292,7 @@ def test_router_change_reads_out_which_tokens_move(tmp_path):
     ft = dict(state)
     ft[router] = state[router].clone()
     ft[router][3] += 4.0 * direction * state[router][3].norm()
-    (tmp_path / "ft").mkdir()
-    (tmp_path / "ft" / "config.json").write_text((tmp_path / "base" / "config.json").read_text())
-    save_file({k: v.contiguous() for k, v in ft.items()}, str(tmp_path / "ft" / "model.safetensors"))
+    _save_ft(tmp_path / "base", tmp_path / "ft", ft)
     result = _diff(tmp_path / "base", tmp_path / "ft")
     assert result.changes[0].tensor == router and result.changes[0].kind == "router"
     (routing,) = result.routing
@@ -231,9 +318,7 @@ def test_experts_and_routing_survive_the_results_file(tmp_path):
     state = _build(arch, tmp_path / "base")
     ft_state, _ = _plant(arch, state)
     ft_state["model.layers.0.block_sparse_moe.gate.weight"] = 3.0 * state["model.layers.0.block_sparse_moe.gate.weight"].flip(0)
-    (tmp_path / "ft").mkdir()
-    (tmp_path / "ft" / "config.json").write_text((tmp_path / "base" / "config.json").read_text())
-    save_file({k: v.contiguous() for k, v in ft_state.items()}, str(tmp_path / "ft" / "model.safetensors"))
+    _save_ft(tmp_path / "base", tmp_path / "ft", ft_state)
     out = tmp_path / "out.h5"
     ran = CliRunner().invoke(main, ["diff", str(tmp_path / "base"), str(tmp_path / "ft"), "-o", str(out), "--json",
                                     "--no-progress"])
