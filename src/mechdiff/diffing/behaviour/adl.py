@@ -27,8 +27,8 @@ from torch import nn
 
 from mechdiff.diffing.activations.hooks import find_blocks
 from mechdiff.diffing.behaviour.neutral import (
+    cached_logits,
     decode,
-    model_logits,
     sample_ids,
     start_token,
 )
@@ -275,21 +275,27 @@ def steer(base: nn.Module, tokenizer: Any, layer: int, delta: torch.Tensor, resi
     """
     start = start_token(tokenizer)
     cache: dict[float, torch.Tensor] = {}
+    losses_at: dict[float, float] = {}
 
     def samples(alpha: float) -> torch.Tensor:
         if alpha not in cache:
             g = torch.Generator().manual_seed(config.seed)
             with edited_block(base, layer, lambda h: h + alpha * delta.to(h.dtype)):
-                cache[alpha] = sample_ids(model_logits(base), start, config.steer_samples, config.steer_length,
+                cache[alpha] = sample_ids(cached_logits(base), start, config.steer_samples, config.steer_length,
                                           g, config.device)
         return cache[alpha]
 
-    reference = base_loss(base, samples(0.0))
+    def loss_at(alpha: float) -> float:
+        if alpha not in losses_at:
+            losses_at[alpha] = base_loss(base, samples(alpha))
+        return losses_at[alpha]
+
+    reference = loss_at(0.0)
     limit = config.loss_factor * reference
     high = config.max_scale * resid_norm / max(float(delta.norm()), 1e-12)
-    alpha = largest_coherent_alpha(lambda a: base_loss(base, samples(a)), limit, high, config.search_steps)
+    alpha = largest_coherent_alpha(loss_at, limit, high, config.search_steps)
     steered = [{"alpha": alpha, "text": decode(tokenizer, row[1:])} for row in samples(alpha).tolist()]
-    losses = {"unsteered_loss": reference, "limit": limit, "steered_loss": base_loss(base, samples(alpha))}
+    losses = {"unsteered_loss": reference, "limit": limit, "steered_loss": loss_at(alpha)}
     return alpha, steered, losses
 
 
