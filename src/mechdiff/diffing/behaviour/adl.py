@@ -145,12 +145,21 @@ def final_readout(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda h: head(norm(h)).float()
 
 
+class _PastLastBlock(Exception):
+    """Raised by the last block's hook: the final norm and the unembedding are not needed."""
+
+
 class _BlockOutputs:
-    """Forward hooks keeping every block's output at the first positions; an optional edit of one block."""
+    """Forward hooks keeping every block's output at the first positions; the pass stops after the last block."""
 
     def __init__(self, model: nn.Module, keep: int) -> None:
         self.blocks, self.keep = find_blocks(model), keep
         self.outputs: list[torch.Tensor | None] = [None] * len(self.blocks)
+
+    def run(self, model: nn.Module, ids: torch.Tensor) -> None:
+        """One forward pass of ``model`` over ``ids`` up to the last block's output."""
+        with self.attached(), contextlib.suppress(_PastLastBlock):
+            model(input_ids=ids)
 
     @contextlib.contextmanager
     def attached(self) -> Iterator[_BlockOutputs]:
@@ -165,6 +174,8 @@ class _BlockOutputs:
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
             hidden = output[0] if isinstance(output, (tuple, list)) else output
             self.outputs[index] = hidden[:, : self.keep].detach().float()
+            if index == len(self.blocks) - 1:
+                raise _PastLastBlock
         return hook
 
 
@@ -202,8 +213,7 @@ def mean_difference(base: nn.Module, ft: nn.Module, docs: list[np.ndarray], posi
     for length in sorted({len(r) for r in rows}):  # equal lengths: no padding to mask
         ids = torch.as_tensor(np.stack([r for r in rows if len(r) == length]), device=device)
         for model, capture in zip((base, ft), hooks):
-            with capture.attached():
-                model(input_ids=ids)
+            capture.run(model, ids)
         h_base = torch.stack(hooks[0].outputs)[:, :, skip:].flatten(1, 2)  # [L, rows, d]
         h_ft = torch.stack(hooks[1].outputs)[:, :, skip:].flatten(1, 2)
         diff_sum = diff_sum + (h_ft - h_base).sum(1)

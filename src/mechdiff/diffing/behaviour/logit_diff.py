@@ -107,8 +107,8 @@ class LogitDiffAccumulator:
         valid = mask.bool()
         lb, lf = logp_base[valid], logp_ft[valid]  # [n, V]
         pb, pf = lb.exp(), lf.exp()
-        dp = pf - pb
-        up_term, down_term = pf * (lf - lb), pb * (lb - lf)
+        dp, dl = pf - pb, lf - lb
+        up_term, down_term = pf * dl, -(pb * dl)  # -(pb (lf - lb)) == pb (lb - lf) exactly
         moved_up, moved_down = dp >= self.config.min_shift, dp <= -self.config.min_shift
         self._sum("kl_up", up_term.clamp_min(0).sum(0))
         self._sum("kl_down", down_term.clamp_min(0).sum(0))
@@ -148,12 +148,11 @@ class LogitDiffAccumulator:
 
     def _topics(self, docs: list[np.ndarray], text_of: Any) -> list[dict]:
         columns = torch.topk(self.sums["kl_up"], min(self.config.topic_columns, self.sums["kl_up"].numel())).indices
-        X = _dense_rows(torch.cat(self.top_ids), torch.cat(self.top_vals), columns)
-        keep = X.sum(1) > 0
-        if int(keep.sum()) < self.config.topics:
+        X, keep = _sparse_rows(torch.cat(self.top_ids), torch.cat(self.top_vals), columns)
+        if X.shape[0] < self.config.topics:
             return []
         rows = [r for r, k in zip(self.rows, keep.tolist()) if k]
-        W, H = nmf(X[keep], self.config.topics, self.config.nmf_iters, self.config.seed, self.config.nmf_tol)
+        W, H = nmf(X, self.config.topics, self.config.nmf_iters, self.config.seed, self.config.nmf_tol)
         topics = []
         for k in torch.argsort(-W.sum(0)).tolist():
             if float(H[k].max()) <= 0:
@@ -170,33 +169,37 @@ class LogitDiffAccumulator:
         return docs[doc][max(0, pos + 1 - self.config.window): pos + 1]
 
 
-def _dense_rows(ids: torch.Tensor, vals: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
-    """[rows, len(columns)] of the kept sparse entries that fall in the chosen columns."""
+def _sparse_rows(ids: torch.Tensor, vals: torch.Tensor, columns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kept entries that fall in the chosen columns as a sparse [rows, len(columns)] matrix
+    (float64), over the rows with at least one positive entry, and the mask of those rows."""
     where = torch.full((int(max(int(ids.max()), int(columns.max()))) + 1,), -1, dtype=torch.int64)
     where[columns] = torch.arange(len(columns))
     col = where[ids]
-    X = torch.zeros(ids.shape[0], len(columns), dtype=torch.float64)
-    hit = col >= 0
-    X[hit.nonzero()[:, 0], col[hit]] = vals[hit].double()
-    return X
+    hit = (col >= 0) & (vals > 0)
+    keep = hit.any(1)
+    row = (keep.cumsum(0) - 1)[:, None].expand_as(col)
+    X = torch.sparse_coo_tensor(torch.stack([row[hit], col[hit]]), vals[hit].double(),
+                                (int(keep.sum()), len(columns)))
+    return X.coalesce(), keep
 
 
 def nmf(X: torch.Tensor, k: int, iters: int, seed: int, tol: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Non-negative X [n, m] ~ W [n, k] H [k, m] by Lee-Seung multiplicative updates (Frobenius loss).
 
-    X is mostly zeros (logit-diff keeps a few entries per position), so the products with X go
-    through sparse copies of X and X^T (a dense X is read twice per update: seconds for 10k
-    positions). With ``tol`` > 0 the updates stop early once NMF_CHECK of them lower the loss by
-    less than ``tol`` of itself. The rows of H are scaled to unit norm at the end (W absorbs the
-    scale), so topic weights compare.
+    X (dense or sparse COO) is mostly zeros (logit-diff keeps a few entries per position), so the
+    products with X go through sparse copies of X and X^T (a dense X is read twice per update:
+    seconds for 10k positions). With ``tol`` > 0 the updates stop early once NMF_CHECK of them
+    lower the loss by less than ``tol`` of itself. The rows of H are scaled to unit norm at the
+    end (W absorbs the scale), so topic weights compare.
     """
     g = torch.Generator().manual_seed(seed)
-    X = X.to_dense() if X.layout != torch.strided else X
-    scale = float(X.mean().sqrt() / max(k, 1) ** 0.5) + EPS
-    W = torch.rand(X.shape[0], k, generator=g, dtype=X.dtype) * scale
-    H = torch.rand(k, X.shape[1], generator=g, dtype=X.dtype) * scale
-    X_rows, X_cols = _csr(X), _csr(X.T.contiguous())
-    norm2, last = float((X * X).sum()), float("inf")
+    X = (X.to_sparse_coo() if X.layout == torch.strided else X).coalesce()
+    n, m = X.shape
+    scale = float((X.values().sum() / max(n * m, 1)).sqrt() / max(k, 1) ** 0.5) + EPS
+    W = torch.rand(n, k, generator=g, dtype=X.dtype) * scale
+    H = torch.rand(k, m, generator=g, dtype=X.dtype) * scale
+    X_rows, X_cols = _csr(X), _csr(X.t().coalesce())
+    norm2, last = float(X.values().square().sum()), float("inf")
     for step in range(iters):
         WtW = W.T @ W
         H *= (X_cols @ W).T / (WtW @ H + EPS)
