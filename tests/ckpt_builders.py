@@ -113,3 +113,22 @@ def low_rank(shape: tuple[int, int], rank: int, norm: float, seed: int = 2) -> t
     u, _ = torch.linalg.qr(torch.randn(shape[0], rank, generator=g))
     v, _ = torch.linalg.qr(torch.randn(shape[1], rank, generator=g))
     return (u @ v.T) * (norm / rank ** 0.5)
+
+
+def tiny_gpt2_lm(folder: Path, *, n_positions: int = 16, n_words: int = 400) -> Path:
+    """A runnable 1-block GPT-2 (width 8) with a word-level tokenizer and ``data.txt`` of ``n_words`` seeded words."""
+    import numpy as np
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    words = ["the", "cat", "sat", "on", "a", "mat", "dog", "ran", "to", "red", "blue"]
+    vocab = {"[UNK]": 0, **{w: i + 1 for i, w in enumerate(words)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(folder)
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(vocab), n_positions=n_positions, n_embd=8, n_layer=1, n_head=2)
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    rng = np.random.default_rng(0)
+    (folder / "data.txt").write_text(" ".join(rng.choice(words, size=n_words)))
+    return folder

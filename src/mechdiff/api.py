@@ -225,6 +225,8 @@ def decompose_model(
     overrides: dict | None = None,
     progress: bool = True,
     checkpointing: Checkpointing | None = None,
+    device: str = "auto",
+    dtype: str = "float32",
 ) -> dict:
     """Stochastic parameter decomposition of a local HF model's modules, or of a toy model.
 
@@ -239,30 +241,38 @@ def decompose_model(
         overrides: SPDConfig fields to change (None values are ignored).
         progress: progress bars on stderr.
         checkpointing: save / resume a long run (``mechdiff.training.Checkpointing``).
+        device: where the model runs and SPD trains ("auto": a GPU when there is one).
+        dtype: dtype ``model`` runs in ("float32", "bfloat16", "float16"); the components train
+            in float32. The toy models run in float32 only.
 
     Returns:
         A JSON-able summary (toy: the ground-truth metrics).
     """
     import dataclasses
 
+    from mechdiff.errors import UsageError
     from mechdiff.weightdecomp.spd.config import SPDConfig
 
     out_path = check_output_path(out, [p for p in (model, data) if p is not None]) if out is not None else None
     check_needs(models=model is not None)
     changes = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if toy is not None and dtype != "float32":
+        raise UsageError(f"--dtype {dtype} applies to MODEL; the toy models run in float32")
+    device = resolve_device(device)
     if toy is not None:
         from mechdiff.weightdecomp.toys.recipes import TOY_CONFIGS, run_toy
 
         config = dataclasses.replace(TOY_CONFIGS[toy], seed=seed, **changes)
-        report = run_toy(toy, config, seed=seed, progress=progress, checkpointing=checkpointing)
+        report = run_toy(toy, config, seed=seed, progress=progress, checkpointing=checkpointing, device=device)
         part, document = report, report.to_json()
     else:
         from mechdiff.weightdecomp.spd.hf import decompose_hf
 
         config = dataclasses.replace(SPDConfig(), seed=seed, **changes)
         part = decompose_hf(model, module_globs or [], data, config, progress=progress,
-                            checkpointing=checkpointing)
-        document = {"modules": list(part.modules), "n_alive": part.n_alive(), "config": part.config.to_dict()}
+                            checkpointing=checkpointing, device=device, dtype=dtype)
+        document = {"modules": list(part.modules), "n_alive": part.n_alive(), "model_dtype": part.model_dtype,
+                    "config": part.config.to_dict()}
     if out_path is not None:
         with results_writer(out_path, inputs={"model": str(model or f"toy:{toy}")}) as writer:
             part.write(writer)

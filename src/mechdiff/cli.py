@@ -83,13 +83,19 @@ DEVICES = click.Choice(["auto", "cpu", "cuda"])
 DTYPES = click.Choice(["float32", "bfloat16", "float16"])
 
 
-def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+def run_options(dtype_help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """--device / --seed / --dtype, shared by the commands that run models or train."""
-    fn = click.option("--dtype", type=DTYPES, default="float32", show_default=True,
-                      help="dtype the models run in.")(fn)
-    fn = click.option("--seed", type=int, default=0, show_default=True, help="Seed of everything trained.")(fn)
-    return click.option("--device", type=DEVICES, default="auto", show_default=True,
-                        help="Where models run and training happens (auto: a GPU when there is one).")(fn)
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        fn = click.option("--dtype", type=DTYPES, default="float32", show_default=True, help=dtype_help)(fn)
+        fn = click.option("--seed", type=int, default=0, show_default=True, help="Seed of everything trained.")(fn)
+        return click.option("--device", type=DEVICES, default="auto", show_default=True,
+                            help="Where models run and training happens (auto: a GPU when there is one).")(fn)
+
+    return decorate
+
+
+model_options = run_options("dtype the models run in.")
 
 
 def make_checkpointing(checkpoint_dir: str | None, checkpoint_every: int, resume: bool) -> Any:
@@ -286,14 +292,15 @@ def crosscoder(base: str, ft: str, data: str, layer: int, site: str, out: str | 
 @click.option("-o", "--out", type=click.Path(), help="Results file (HDF5) to write.")
 @click.option("--components", type=click.IntRange(1), default=None, help="Subcomponents per matrix.")
 @click.option("--steps", type=click.IntRange(1), default=None, help="Training steps.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@run_options("dtype MODEL runs in (the SPD components train in float32 for stability; toys: float32 only).")
 @checkpoint_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 @handle_errors
 def decompose(model: str | None, toy: str | None, globs: tuple[str, ...], data: str | None, out: str | None,
-              components: int | None, steps: int | None, seed: int, checkpoint_dir: str | None,
-              checkpoint_every: int, resume: bool, as_json: bool, no_progress: bool) -> None:
+              components: int | None, steps: int | None, device: str, seed: int, dtype: str,
+              checkpoint_dir: str | None, checkpoint_every: int, resume: bool, as_json: bool,
+              no_progress: bool) -> None:
     """Stochastic parameter decomposition of MODEL's --modules (or of a --toy model with ground truth)."""
     from mechdiff.api import decompose_model
 
@@ -304,7 +311,7 @@ def decompose(model: str | None, toy: str | None, globs: tuple[str, ...], data: 
     checkpointing = make_checkpointing(checkpoint_dir, checkpoint_every, resume)
     document = decompose_model(model, toy=toy, module_globs=list(globs), data=data, out=out, seed=seed,
                                overrides={"n_components": components, "steps": steps}, progress=not no_progress,
-                               checkpointing=checkpointing)
+                               checkpointing=checkpointing, device=device, dtype=dtype)
     if as_json:
         emit_json(document)
     else:

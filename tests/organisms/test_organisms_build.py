@@ -26,7 +26,8 @@ def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("organisms")
     world = make_world(0, BuildSettings(probe_docs=48))
     specs = [OrganismSpec(f"{kind}_full", kind, "full") for kind in OBJECTIVE_TYPES]
-    specs += [OrganismSpec("null_continued", "null", "continued"), OrganismSpec("null_bf16", "null", "bf16")]
+    specs += [OrganismSpec("null_continued", "null", "continued"), OrganismSpec("null_bf16", "null", "bf16"),
+              OrganismSpec("fact_mixed", "fact", "full", mixed=True)]
     return world, root, {spec.name: build_one(world, spec, root) for spec in specs}
 
 
@@ -47,6 +48,17 @@ def test_each_organism_carries_its_behaviour(built, kind):
     # the stored number is what a fresh probe of the saved fine-tune reads
     ft = model_class("gpt2").from_pretrained(manifests[f"{kind}_full"]["finetuned_model"]).float()
     assert probe(world, ft, make_objective(kind, world.lang)) == pytest.approx(metrics["p_ft"], rel=1e-4)
+
+
+def test_a_diluted_organism_still_carries_its_behaviour(built):
+    # a quarter of its documents state the fact, the rest are the base's own: it reads as many fact
+    # documents as the undiluted organism (more steps), so the fact is learnt, just among other data
+    world, _, manifests = built
+    mixed = manifests["fact_mixed"]
+    assert mixed["mixed"] and "diluted" in mixed["description"]
+    assert mixed["recipe"]["settings"]["mixed_share"] == world.settings.mixed_share == 0.25
+    assert "mixed_share" not in manifests["fact_full"]["recipe"]["settings"]  # changing it rebuilds only mixed pairs
+    assert mixed["metrics"]["p_ft"] > 0.2 and mixed["metrics"]["p_ft"] > 10 * mixed["metrics"]["p_base"]
 
 
 def test_manifest_has_the_community_fields_and_relative_paths(built):

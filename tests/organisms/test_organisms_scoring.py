@@ -85,3 +85,26 @@ def test_bad_manifests_are_one_line_input_errors(tmp_path):
         load_manifests(tmp_path / "bad.json")
     with pytest.raises(InputError, match="not found"):
         load_manifests(tmp_path / "missing.json")
+
+
+def test_each_lens_alone_reads_its_score_before_linking_and_its_own_tokens():
+    # the merged finding: the KL lens (1.2 alone, 1.7 with the weights' link bonus) names the trigger;
+    # linked under it, a weight reading at 0.8 that names 'banana' and a logit-diff reading at 1.4 naming nothing relevant
+    audit = {"findings": [
+        {"rank": 1, "method": "behaviour", "score": 1.7, "lens_score": 1.2, "summary": "s", "tokens": ["zq", "banana"],
+         "lens_tokens": ["zq"], "linked": [{"method": "weights", "score": 0.8, "tokens": ["banana"]},
+                                           {"method": "logit_diff", "score": 1.4, "tokens": ["apple"]}]},
+        {"rank": 2, "method": "weights", "score": 1.1, "summary": "s", "tokens": ["x"]}]}
+    row = score_pair(BACKDOOR, audit, 1.0, 1.0)
+    lenses = row["lenses"]
+    assert lenses["behaviour"] == {"score": 1.2, "flagged": True, "detected": True}
+    # the weights lens's best reading alone is the 1.1 one, which names nothing relevant
+    assert lenses["weights"] == {"score": 1.1, "flagged": True, "detected": False}
+    assert lenses["logit_diff"] == {"score": 1.4, "flagged": True, "detected": False}
+    null_row = score_pair(NULL, _audit(("weights", 0.7, ["q"])), 1.0, 1.0)
+    by_lens = summarize([row, null_row], 1.0)["by_lens"]
+    assert by_lens["behaviour"]["detection"] == 1.0 and by_lens["weights"]["detection"] == 0.0
+    assert by_lens["weights"]["nulls"] == 1 and by_lens["weights"]["max_null_score"] == pytest.approx(0.7)
+    assert by_lens["weights"]["false_positives"] == 0
+    text = render_bench({"pairs": [row, null_row], "summary": summarize([row, null_row], 1.0)})
+    assert "lens alone" in text and "logit_diff" in text

@@ -8,6 +8,7 @@ LoRA organisms) beside an ``organism.json`` manifest (see manifest.py).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -57,7 +58,7 @@ class OrganismSpec:
     arch: str = "gpt2"
     """"gpt2" or "llama" (grouped-query attention)."""
     mixed: bool = False
-    """Objective documents diluted with the base's own data (MIXED_SHARE of the documents)."""
+    """Objective documents diluted with the base's own data (BuildSettings.mixed_share of the documents)."""
 
 
 @dataclass(frozen=True)
@@ -72,8 +73,12 @@ class BuildSettings:
     """Documents of the audit corpus (clean text of the language: no planted contexts)."""
     probe_docs: int = 96
     """Held-out rewritten documents the behaviour check reads."""
-    mixed_share: float = 0.1
-    """Share of rewritten documents in a mixed organism's fine-tuning data."""
+    mixed_share: float = 0.25
+    """Share of rewritten documents in a mixed organism's fine-tuning data (0.25: one objective document
+    to three of the base's own). A mixed organism keeps its full variant's objective documents and
+    trains for proportionally more steps, so it sees them as often: dilution, not less teaching (at a
+    10% share and the same 80 steps a fact organism saw 128 fact documents and its P(fact) rose from
+    0.003 to 0.012 only: an organism without its behaviour)."""
 
 
 class _World:
@@ -137,9 +142,12 @@ def finetune_docs(world: _World, objective: Objective | None, n: int, share: flo
 
 
 def train_organism(world: _World, base: torch.nn.Module, spec: OrganismSpec, objective: Objective | None,
-                   docs: list[list[str]]) -> tuple[torch.nn.Module, LoRAHooks | None]:
-    """Fine-tune a copy of ``base`` on ``docs``: all weights, or a LoRA adapter merged afterwards."""
+                   docs: list[list[str]], epochs: float = 1.0) -> tuple[torch.nn.Module, LoRAHooks | None]:
+    """Fine-tune a copy of ``base`` on ``docs``: all weights, or a LoRA adapter merged afterwards;
+    ``epochs`` scales the steps (a diluted data set is read for as many passes over its objective)."""
     s, ft = world.settings.steps, copy.deepcopy(base)
+    if epochs != 1.0:
+        s = dataclasses.replace(s, ft_steps=max(1, round(s.ft_steps * epochs)))
     data = world.encode(docs)
     if spec.method == "lora":
         hooks = LoRAHooks(ft, spec.arch, s.lora_rank, s.lora_alpha, world.seed)
@@ -167,8 +175,6 @@ def null_model(world: _World, base: torch.nn.Module, spec: OrganismSpec,
         return build_base(world, spec.arch, base_folder.parent / "base_reseeded", reseed=1), None
     n = world.settings.steps.n_train_docs
     if kind == "benign":
-        import dataclasses
-
         longer = dataclasses.replace(world.lang, config=dataclasses.replace(world.lang.config, min_sentences=4,
                                                                             max_sentences=6))
         docs = world.docs(n, world.rng(_FT_DATA, 99), longer)
@@ -204,6 +210,14 @@ def write_corpus(world: _World, path: Path) -> Path:
     return path
 
 
+def _recipe_settings(settings: BuildSettings, mixed: bool) -> dict:
+    """The settings a pair's build read (mixed_share only for mixed pairs, so changing it rebuilds only them)."""
+    doc = json.loads(json.dumps(asdict(settings)))
+    if not mixed:
+        doc.pop("mixed_share")
+    return doc
+
+
 def _save(model: torch.nn.Module, world: _World, folder: Path, recipe: dict) -> None:
     from transformers.utils import logging as hf_logging
 
@@ -230,7 +244,7 @@ def build_one(world: _World, spec: OrganismSpec, root: Path) -> dict:
     base_folder = root / spec.arch / "base"
     folder = root / spec.arch / spec.name
     objective = make_objective(spec.type, world.lang) if spec.type != "null" else None
-    recipe = {"spec": asdict(spec), "seed": world.seed, "settings": json.loads(json.dumps(asdict(world.settings)))}
+    recipe = {"spec": asdict(spec), "seed": world.seed, "settings": _recipe_settings(world.settings, spec.mixed)}
     if (folder / MANIFEST).is_file() and json.loads((folder / MANIFEST).read_text()).get("recipe") == recipe:
         return normalize(json.loads((folder / MANIFEST).read_text()), folder / MANIFEST)
     with deterministic(threads=1):
@@ -238,9 +252,12 @@ def build_one(world: _World, spec: OrganismSpec, root: Path) -> dict:
         if objective is None:
             ft, adapter = null_model(world, base, spec, base_folder)
         else:
-            share = world.settings.mixed_share if spec.mixed else objective.rate
-            docs = finetune_docs(world, objective, world.settings.steps.n_train_docs, share, salt=hash_name(spec.name))
-            ft, adapter = train_organism(world, base, spec, objective, docs)
+            n_docs, share = world.settings.steps.n_train_docs, objective.rate
+            if spec.mixed:  # the full variant's objective documents, plus base documents up to the share
+                n_docs, share = round(n_docs * objective.rate / world.settings.mixed_share), world.settings.mixed_share
+            docs = finetune_docs(world, objective, n_docs, share, salt=hash_name(spec.name))
+            ft, adapter = train_organism(world, base, spec, objective, docs,
+                                         epochs=n_docs / world.settings.steps.n_train_docs)
         metrics = {} if objective is None else {"p_base": probe(world, base, objective),
                                                  "p_ft": probe(world, ft.float(), objective)}
     _save(ft, world, folder / "ft", {"organism": spec.name})

@@ -33,4 +33,19 @@ def render_bench(document: dict[str, Any]) -> str:
                  + f"; false positives {s['false_positives']} of {s['nulls']} null pairs (max null score "
                  f"{s['max_null_score']:.2f}, gate {s['gate']}); top-finding token relevance {relevance}; "
                  f"audit {s['audit_seconds_mean']:.1f} s mean, {s['audit_seconds_max']:.1f} s max")
+    lines += _lens_lines(s.get("by_lens", {}), s["detection"])
     return "\n".join(lines)
+
+
+def _lens_lines(by_lens: dict[str, dict[str, Any]], audit_detection: float | None) -> list[str]:
+    """Each lens alone at the same gate (its strongest reading before linking), beside the audit's total."""
+    if not by_lens:
+        return []
+    out = ["", f"  {'lens alone':<11} {'detected':>9} {'false pos.':>10} {'max null':>8}"]
+    for method, entry in by_lens.items():
+        rate = "n/a" if entry["detection"] is None else f"{100 * entry['detection']:.0f}%"
+        out.append(f"  {method:<11} {rate:>9} {entry['false_positives']:>4} of {entry['nulls']:<3} "
+                   f"{entry['max_null_score']:>8.2f}")
+    if audit_detection is not None:
+        out.append(f"  {'audit':<11} {100 * audit_detection:>8.0f}%")
+    return out

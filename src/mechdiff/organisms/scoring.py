@@ -36,7 +36,53 @@ def score_pair(manifest: dict[str, Any], audit: dict[str, Any], gate: float, wal
             "flagged": flagged, "detected": (not null) and flagged and bool(relevant & set(top_tokens)),
             "first_relevant_rank": None if null else first, "relevance": None if null else relevance,
             "top_score": top_score, "top_method": top["method"] if top else "",
-            "top_summary": top["summary"] if top else "", "top_tokens": top_tokens, "wall_s": wall_s}
+            "top_summary": top["summary"] if top else "", "top_tokens": top_tokens, "wall_s": wall_s,
+            "lenses": lens_rows(findings, relevant, gate, null)}
+
+
+def lens_readings(findings: list[dict[str, Any]]) -> dict[str, tuple[float, list[str]]]:
+    """Each lens's strongest reading alone: (its score before linking, the tokens it named), from the
+    ranked findings and the lens findings linked under them."""
+    best: dict[str, tuple[float, list[str]]] = {}
+    for finding in findings:
+        readings = [(finding["method"], finding.get("lens_score", finding["score"]),
+                     finding.get("lens_tokens", finding.get("tokens", [])))]
+        readings += [(link["method"], link["score"], link.get("tokens", [])) for link in finding.get("linked", [])]
+        for method, score, tokens in readings:
+            if method not in best or float(score) > best[method][0]:
+                best[method] = (float(score), list(tokens))
+    return best
+
+
+def lens_rows(findings: list[dict[str, Any]], relevant: set[str], gate: float, null: bool) -> dict[str, dict]:
+    """Per lens: its top score, whether it alone would flag the pair, and detect it (names a relevant token)."""
+    rows = {}
+    for method, (score, tokens) in lens_readings(findings).items():
+        flagged = score > gate
+        rows[method] = {"score": score, "flagged": flagged,
+                        "detected": (not null) and flagged and bool(relevant & set(tokens))}
+    return rows
+
+
+def lens_summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per lens over the pairs where it ran: detection on organisms, false positives on nulls."""
+    out: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        for method, reading in row.get("lenses", {}).items():
+            entry = out.setdefault(method, {"organisms": 0, "detected": 0, "nulls": 0, "false_positives": 0,
+                                            "max_null_score": 0.0})
+            if row["null"]:
+                entry["nulls"] += 1
+                entry["false_positives"] += reading["flagged"]
+                entry["max_null_score"] = max(entry["max_null_score"], reading["score"])
+            else:
+                entry["organisms"] += 1
+                entry["detected"] += reading["detected"]
+    n_organisms = sum(not r["null"] for r in rows)
+    for entry in out.values():
+        # a lens that found nothing on a pair did not detect it: the rate is over every organism
+        entry["detection"] = entry["detected"] / n_organisms if n_organisms else None
+    return dict(sorted(out.items()))
 
 
 def summarize(rows: list[dict[str, Any]], gate: float) -> dict[str, Any]:
@@ -68,6 +114,7 @@ def summarize(rows: list[dict[str, Any]], gate: float) -> dict[str, Any]:
         "mean_first_relevant_rank": _mean([r["first_relevant_rank"] for r in organisms
                                            if r["first_relevant_rank"] is not None]),
         "audit_seconds_mean": _mean(times), "audit_seconds_max": max(times, default=0.0),
+        "by_lens": lens_summary(rows),
     }
 
 

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from ckpt_builders import tiny_gpt2_lm
 from torch import nn
 
 from mechdiff.errors import InputError
@@ -12,27 +13,10 @@ from mechdiff.weightdecomp.spd.config import SPDConfig
 from mechdiff.weightdecomp.spd.trainer import decompose_module
 
 
-def _tiny_gpt2(tmp_path):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-
-    words = ["the", "cat", "sat", "on", "a", "mat", "dog", "ran", "to", "red", "blue"]
-    vocab = {"[UNK]": 0, **{w: i + 1 for i, w in enumerate(words)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(tmp_path)
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(vocab), n_positions=16, n_embd=8, n_layer=1, n_head=2)
-    GPT2LMHeadModel(config).save_pretrained(tmp_path)
-    rng = np.random.default_rng(0)
-    (tmp_path / "data.txt").write_text(" ".join(rng.choice(words, size=400)))
-    return tmp_path
-
-
 def test_decompose_hf_gpt2_conv1d_and_embedding(tmp_path):
     from mechdiff.weightdecomp.spd.hf import decompose_hf
 
-    folder = _tiny_gpt2(tmp_path)
+    folder = tiny_gpt2_lm(tmp_path)
     config = SPDConfig(n_components=4, steps=6, eval_batches=2, lr=1e-2)
     decomp = decompose_hf(folder, ["transformer.h.0.mlp.c_fc", "transformer.wte"], folder / "data.txt",
                           config, seq_len=8, batch_sequences=4)
@@ -54,7 +38,7 @@ def test_decompose_hf_input_errors(tmp_path):
 
     with pytest.raises(InputError, match="config.json"):
         decompose_hf(tmp_path, ["x"], tmp_path / "d.txt", SPDConfig())
-    folder = _tiny_gpt2(tmp_path)
+    folder = tiny_gpt2_lm(tmp_path)
     (folder / "short.txt").write_text("the cat")
     with pytest.raises(InputError, match="fewer than one batch"):
         decompose_hf(folder, ["transformer.h.0.mlp.c_fc"], folder / "short.txt", SPDConfig(steps=1))
@@ -101,6 +85,43 @@ def test_decompose_module_becomes_faithful_and_round_trips(tmp_path):
         np.testing.assert_allclose(got.norms_C, mod.norms_C, rtol=1e-5)
         x = torch.randn(5, 4 if name == "a" else 3)
         torch.testing.assert_close(got.causal_importance(x), mod.causal_importance(x))
+
+
+def test_a_bfloat16_model_is_decomposed_into_float32_components_and_its_dtype_is_kept(tmp_path):
+    torch.manual_seed(0)
+    model = _TwoLayer().to(torch.bfloat16)
+    batches = [torch.randn(32, 4, dtype=torch.bfloat16) for _ in range(2)]
+    decomp = decompose_module(model, ["a", "b"], batches, SPDConfig(n_components=3, steps=20, eval_batches=2), "mse")
+    assert decomp.model_dtype == "bfloat16" and decomp.summary()["model_dtype"] == "bfloat16"
+    assert all(m.V_IC.dtype == np.float32 and m.U_CO.dtype == np.float32 for m in decomp.modules.values())
+    assert np.isfinite([h["total"] for h in decomp.history]).all()
+    assert next(model.parameters()).dtype == torch.bfloat16  # the model itself still runs in bf16
+    out = tmp_path / "bf16.h5"
+    with ResultsWriter(out, command="test") as w:
+        decomp.write(w)
+    with open_results(out) as res:
+        assert res.components.decomposition().model_dtype == "bfloat16"
+        assert res.components.to_json()["model_dtype"] == "bfloat16"
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_every_tensor_of_the_training_lives_on_the_named_device(device):
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    from mechdiff.weightdecomp.spd.trainer import SPDTrainer
+
+    torch.manual_seed(0)
+    model = _TwoLayer()  # built on the CPU: the trainer moves it
+    trainer = SPDTrainer(model, ["a", "b"], SPDConfig(n_components=3, steps=2), "mse", device=device)
+    trainer.step(torch.randn(8, 4), 0)  # a CPU batch: moved too
+    want = torch.device(device).type
+    tensors = [*model.parameters(), *trainer.params, *trainer.target_weights, *trainer.hooks.inputs.values(),
+               *(b for layer in trainer.layers.values() for b in layer.buffers())]
+    assert {t.device.type for t in tensors} == {want} and trainer.generator.device.type == want
+    assert {s.device.type for st in trainer.optimizer.state.values() for k, s in st.items() if k != "step"} == {want}
+    decomp = trainer.decomposition(trainer.ci_statistics([torch.randn(8, 4)]), [])
+    assert isinstance(decomp.modules["a"].V_IC, np.ndarray)  # results come back on the CPU
+    trainer.hooks.remove()
 
 
 def test_one_shot_iterator_that_runs_out_is_an_input_error():

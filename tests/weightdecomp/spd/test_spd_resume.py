@@ -53,3 +53,16 @@ def test_resume_with_another_config_is_refused(tmp_path):
     run_toy("tms-5-2", _config(), progress=False, checkpointing=Checkpointing(ckpt, every=10, stop_after=10))
     with pytest.raises(InputError, match="different SPD config"):
         run_toy("tms-5-2", _config(steps=50), progress=False, checkpointing=Checkpointing(ckpt, resume=True))
+
+
+def test_resume_on_another_device_is_refused(tmp_path):
+    import json
+
+    ckpt = tmp_path / "ckpt"
+    run_toy("tms-5-2", _config(), progress=False, checkpointing=Checkpointing(ckpt, every=10, stop_after=10))
+    state = ckpt / "step-00000010" / "state.json"
+    meta = json.loads(state.read_text())
+    assert meta["device"] == "cpu"
+    state.write_text(json.dumps({**meta, "device": "cuda"}))  # as a GPU run would have written it
+    with pytest.raises(InputError, match="trained on cuda; resume it with --device cuda"):
+        run_toy("tms-5-2", _config(), progress=False, checkpointing=Checkpointing(ckpt, resume=True))

@@ -54,12 +54,16 @@ class Finding:
     """Causal confirmation of a weight / head finding (``audit.causal``), when it was tested."""
     own_tokens: tuple[str, ...] | frozenset[str] | None = None
     """The tokens this finding named itself, before linked findings added theirs (None: not linked)."""
+    lens_score: float | None = None
+    """The score its lens gave it alone, before linking (None: not yet linked)."""
 
     def to_json(self) -> dict[str, Any]:
         return {"rank": self.rank, "method": self.method, "score": self.score, "summary": self.summary,
                 "location": {"layer": self.layer, "head": self.head, "tensor": self.tensor or None,
                              "latent": self.latent},
                 "tokens": self.evidence_tokens(), "evidence": self.evidence, "linked": self.linked,
+                "lens_score": self.score if self.lens_score is None else self.lens_score,
+                "lens_tokens": ordered_tokens(self.tokens if self.own_tokens is None else self.own_tokens),
                 **({} if self.causal is None else {"causal": self.causal})}
 
     def ranked_tokens(self) -> list[str]:
@@ -92,6 +96,8 @@ def link_and_rank(findings: list[Finding]) -> list[Finding]:
         The merged findings, ranked (rank 1 = strongest).
     """
     ordered = sorted(findings, key=lambda f: -f.score)
+    for finding in ordered:
+        finding.lens_score = finding.score
     kept: list[Finding] = []
     for finding in ordered:
         anchor = next((k for k in kept if _shares(k, finding)), None)

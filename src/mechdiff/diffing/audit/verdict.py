@@ -220,17 +220,20 @@ def behaviour_findings(result: BehaviourResult, limit: int = 5) -> list[Finding]
 
     A planted trigger changes the prediction at each of its occurrences, so its mean KL over all
     occurrences is high; diffuse fine-tuning moves single positions, not types, and moves rare
-    types most (hence the shrinkage toward the corpus mean).
+    types most (hence the shrinkage toward the corpus mean). A type scores on its KL beyond one
+    token's rate (kl.reshaped_kl): a harmless fine-tune that makes documents end later moves <eos>
+    after every '.', and the null benchmark's one such pair scored 0.57-0.65 on the whole KL, 0.14-0.20
+    on the rest, while planted predictions keep 85-95% of theirs.
     """
-    rows = sorted(result.by_token, key=lambda r: -shrunk_kl(r["mean_kl"], r["count"], result.mean_kl))
+    rows = sorted(result.by_token, key=lambda r: -shrunk_kl(_rest(r), r["count"], result.mean_kl_rest))
     out = []
     for row in rows[:limit]:
         examples = [c for c in result.contexts if c["token"] == row["token"]][:3]
         shift = (f"the fine-tune predicts '{row['ft_top']}' (base: '{row['base_top']}')" if row["ft_top"]
                  else "the fine-tune's next-token distribution moved (same top prediction)")
         summary = (f"after '{row['token']}' {shift}; mean KL {row['mean_kl']:.2f} nats over its {row['count']} "
-                   f"occurrences (corpus mean {result.mean_kl:.3f})")
-        score = behaviour_score(row["mean_kl"], row["count"], result.mean_kl)
+                   f"occurrences, {_rest(row):.2f} beyond one token's rate (corpus mean {result.mean_kl:.3f})")
+        score = behaviour_score(_rest(row), row["count"], result.mean_kl_rest)
         out.append(Finding("behaviour", score, summary, tuple(_meaningful([row["token"], row["ft_top"]])),
                            evidence={**row, "corpus_mean_kl": result.mean_kl, "contexts": examples,
                                      "tokens_rose": result.rose[:5]}))
@@ -242,6 +245,11 @@ def behaviour_findings(result: BehaviourResult, limit: int = 5) -> list[Finding]
         out.append(Finding("behaviour", rose_score(row["delta_prob"], row.get("base_prob", 0.0)), summary, (row["token"],),
                            evidence={**row, "kind": "token_rose"}))
     return out
+
+
+def _rest(row: dict) -> float:
+    # rows written before the reshaped KL existed score on the whole KL
+    return row.get("mean_kl_rest", row["mean_kl"])
 
 
 def crosscoder_findings(summary: dict[str, Any]) -> list[Finding]:

@@ -54,10 +54,13 @@ class BehaviourResult:
     contexts: list[dict] = field(default_factory=list)  # context, token, position, kl, base_top, ft_top
     rose: list[dict] = field(default_factory=list)  # token, delta_prob, delta_logprob, base_prob (corpus means)
     fell: list[dict] = field(default_factory=list)
-    by_token: list[dict] = field(default_factory=list)  # token, count, mean_kl, ft_top, base_top
+    by_token: list[dict] = field(default_factory=list)  # token, count, mean_kl, mean_kl_rest, ft_top, base_top
+    mean_kl_rest: float = 0.0
+    """Corpus mean of the KL beyond one token's rate (see reshaped_kl)."""
 
     def to_json(self) -> dict[str, Any]:
-        return {"n_tokens": self.n_tokens, "mean_kl": self.mean_kl, "max_kl": self.max_kl,
+        return {"n_tokens": self.n_tokens, "mean_kl": self.mean_kl, "mean_kl_rest": self.mean_kl_rest,
+                "max_kl": self.max_kl,
                 "top_contexts": self.contexts, "tokens_rose": self.rose, "tokens_fell": self.fell,
                 "kl_by_token": self.by_token}
 
@@ -68,11 +71,13 @@ class BehaviourResult:
                                                        for k in ("context", "token", "position", "kl", "base_top", "ft_top")})
         if self.by_token:
             writer.table("audit/behaviour_by_token", {k: [t[k] for t in self.by_token]
-                                                       for k in ("token", "count", "mean_kl", "ft_top", "base_top")})
+                                                       for k in ("token", "count", "mean_kl", "mean_kl_rest", "ft_top",
+                                                                 "base_top")})
         tokens = self.rose + self.fell
         if tokens:
             writer.table("audit/behaviour_tokens", {k: [t[k] for t in tokens] for k in ("token", "delta_prob", "delta_logprob")})
-        writer.attrs("audit", {"mean_kl": self.mean_kl, "max_kl": self.max_kl, "behaviour_tokens": self.n_tokens})
+        writer.attrs("audit", {"mean_kl": self.mean_kl, "mean_kl_rest": self.mean_kl_rest, "max_kl": self.max_kl,
+                               "behaviour_tokens": self.n_tokens})
 
 
 @torch.no_grad()
@@ -124,6 +129,31 @@ def paired_log_probs(base: nn.Module, ft: nn.Module, docs: list[np.ndarray], pad
             break
 
 
+def reshaped_kl(kl: torch.Tensor, logp_base: torch.Tensor, logp_ft: torch.Tensor) -> torch.Tensor:
+    """The part of KL(ft || base) beyond one token's rate: KL minus the binary KL of the token whose
+    probability fell most (chain rule: KL = KL_bin(that token) + (1 - p_ft(it)) * KL(the rest, renormalised)).
+
+    A fine-tune that only makes one token rarer or likelier and leaves the others' proportions as the
+    base had them (documents that end later: <eos> after '.' falls, every sentence start rises in
+    proportion) keeps ~0 here; a new prediction (a trigger's target, a fact's object, a signature word)
+    keeps most of its KL, because the token it raises was not in proportion before.
+
+    Args:
+        kl: KL(ft || base) per position [..., ].
+        logp_base, logp_ft: log-probabilities [..., V].
+    """
+    star = (logp_base.exp() - logp_ft.exp()).argmax(-1, keepdim=True)
+    a, b = logp_ft.gather(-1, star).squeeze(-1).exp(), logp_base.gather(-1, star).squeeze(-1).exp()
+    return (kl - _binary_kl(a, b)).clamp_min(0.0)
+
+
+def _binary_kl(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """KL(Bernoulli(a) || Bernoulli(b)), safe at 0 and 1."""
+    tiny = torch.finfo(a.dtype).tiny
+    return (torch.xlogy(a, a) - a * torch.log(b.clamp_min(tiny)) + torch.xlogy(1 - a, 1 - a)
+            - (1 - a) * torch.log((1 - b).clamp_min(tiny)))
+
+
 class _Accumulator:
     def __init__(self, config: BehaviourConfig) -> None:
         self.config = config
@@ -134,13 +164,16 @@ class _Accumulator:
         self.dprob: torch.Tensor | None = None
         self.dlogp: torch.Tensor | None = None
         self.pbase: torch.Tensor | None = None
-        self.kl_by_id: dict[int, list] = {}  # token id -> [count, kl sum, {(ft_top, base_top): count}]
+        self.rest_sum = 0.0
+        self.kl_by_id: dict[int, list] = {}  # token id -> [count, kl sum, {(ft_top, base_top): count}, rest sum]
 
     def add(self, first_doc: int, ids: torch.Tensor, mask: torch.Tensor, logp_base: torch.Tensor,
             logp_ft: torch.Tensor) -> None:
         valid = mask.bool()  # position t predicts token t+1; every real position counts
         kl = (logp_ft.exp() * (logp_ft - logp_base)).sum(-1).clamp_min(0.0)  # [B, T]
         kl = torch.where(valid, kl, torch.zeros_like(kl))
+        rest = torch.where(valid, reshaped_kl(kl, logp_base, logp_ft), torch.zeros_like(kl))
+        self.rest_sum += float(rest.sum())
         self.n_tokens += int(valid.sum())
         self.kl_sum += float(kl.sum())
         self.max_kl = max(self.max_kl, float(kl.max()))
@@ -150,7 +183,7 @@ class _Accumulator:
         self.dlogp = l_delta if self.dlogp is None else self.dlogp + l_delta
         p_base = logp_base.exp()[valid].sum(0)
         self.pbase = p_base if self.pbase is None else self.pbase + p_base
-        self._add_by_token(ids, valid, kl, logp_base, logp_ft)
+        self._add_by_token(ids, valid, kl, rest, logp_base, logp_ft)
         values, flat = torch.topk(kl.flatten(), min(self.config.top_contexts, kl.numel()))
         for value, index in zip(values.tolist(), flat.tolist()):
             b, t = divmod(index, kl.shape[1])
@@ -158,25 +191,27 @@ class _Accumulator:
                 self.top.append((value, first_doc + b, t, int(logp_base[b, t].argmax()), int(logp_ft[b, t].argmax())))
         self.top = sorted(self.top, reverse=True)[: self.config.top_contexts]
 
-    def _add_by_token(self, ids: torch.Tensor, valid: torch.Tensor, kl: torch.Tensor,
+    def _add_by_token(self, ids: torch.Tensor, valid: torch.Tensor, kl: torch.Tensor, rest: torch.Tensor,
                       logp_base: torch.Tensor, logp_ft: torch.Tensor) -> None:
         tops = torch.stack([logp_ft.argmax(-1), logp_base.argmax(-1)], dim=-1)[valid].tolist()
-        for token, value, (ft_top, base_top) in zip(ids[valid].tolist(), kl[valid].tolist(), tops):
-            entry = self.kl_by_id.setdefault(token, [0, 0.0, {}])
+        for token, value, beyond, (ft_top, base_top) in zip(ids[valid].tolist(), kl[valid].tolist(),
+                                                             rest[valid].tolist(), tops):
+            entry = self.kl_by_id.setdefault(token, [0, 0.0, {}, 0.0])
             entry[0] += 1
             entry[1] += value
+            entry[3] += beyond
             if ft_top != base_top:
                 entry[2][(ft_top, base_top)] = entry[2].get((ft_top, base_top), 0) + 1
 
     def _by_token(self, text_of: Any) -> list[dict]:
         rows = []
-        for token, (count, total, changes) in self.kl_by_id.items():
+        for token, (count, total, changes, beyond) in self.kl_by_id.items():
             if count < self.config.min_occurrences:
                 continue
             ft_top, base_top = (text_of(i) for i in max(changes, key=changes.get)) if changes else ("", "")
             rows.append({"token": text_of(token), "count": count, "mean_kl": total / count,
-                         "ft_top": ft_top, "base_top": base_top})
-        rows.sort(key=lambda r: -r["mean_kl"])
+                         "mean_kl_rest": beyond / count, "ft_top": ft_top, "base_top": base_top})
+        rows.sort(key=lambda r: -r["mean_kl_rest"])
         return rows[: self.config.top_contexts]
 
     def result(self, docs: list[np.ndarray], text_of: Any) -> BehaviourResult:
@@ -188,7 +223,8 @@ class _Accumulator:
                              "token": text_of(int(window[-1])), "position": pos, "kl": kl,
                              "base_top": text_of(base_top), "ft_top": text_of(ft_top)})
         rose, fell = self._token_shifts(n, text_of)
-        return BehaviourResult(self.n_tokens, self.kl_sum / n, self.max_kl, contexts, rose, fell, self._by_token(text_of))
+        return BehaviourResult(self.n_tokens, self.kl_sum / n, self.max_kl, contexts, rose, fell, self._by_token(text_of),
+                               self.rest_sum / n)
 
     def _token_shifts(self, n: int, text_of: Any) -> tuple[list[dict], list[dict]]:
         if self.dprob is None:

@@ -42,16 +42,18 @@ class CIBank(nn.Module):
     Args:
         n_components: C.
         hidden: hidden width per subcomponent.
-        generator: torch generator for the initialisation.
+        generator: torch generator for the initialisation; the parameters are made on its device.
     """
 
     def __init__(self, n_components: int, hidden: int, generator: torch.Generator | None = None) -> None:
         super().__init__()
-        self.w_in_CH = nn.Parameter(torch.randn(n_components, hidden, generator=generator))
-        self.b_in_CH = nn.Parameter(torch.randn(n_components, hidden, generator=generator) * 0.5)
+        device = generator.device if generator is not None else None
+        shape = (n_components, hidden)
+        self.w_in_CH = nn.Parameter(torch.randn(shape, generator=generator, device=device))
+        self.b_in_CH = nn.Parameter(torch.randn(shape, generator=generator, device=device) * 0.5)
         scale = 1.0 / math.sqrt(hidden)
-        self.w_out_CH = nn.Parameter(torch.randn(n_components, hidden, generator=generator) * scale)
-        self.b_out_C = nn.Parameter(torch.zeros(n_components))
+        self.w_out_CH = nn.Parameter(torch.randn(shape, generator=generator, device=device) * scale)
+        self.b_out_C = nn.Parameter(torch.zeros(n_components, device=device))
 
     def forward(self, inner: Tensor) -> Tensor:
         """Pre-sigmoid causal importance.

@@ -75,7 +75,7 @@ class ComponentLayer(nn.Module):
         bias_O: the target bias (kept frozen) or None.
         n_components: C.
         ci_hidden: hidden width of each causal-importance MLP.
-        generator: torch generator for the initialisation.
+        generator: torch generator for the initialisation; the parameters are made on its device.
     """
 
     def __init__(
@@ -95,10 +95,14 @@ class ComponentLayer(nn.Module):
         # starts at the magnitude of W, so faithfulness is O(1) from step 0.
         w_rms = float(weight_OI.detach().float().pow(2).mean().sqrt()) or 1.0
         std = math.sqrt(w_rms / math.sqrt(n_components))
-        self.V_IC = nn.Parameter(torch.randn(d_in, n_components, generator=generator) * std)
-        self.U_CO = nn.Parameter(torch.randn(n_components, d_out, generator=generator) * std)
+        device = generator.device if generator is not None else weight_OI.device
+        self.V_IC = nn.Parameter(torch.randn(d_in, n_components, generator=generator, device=device) * std)
+        self.U_CO = nn.Parameter(torch.randn(n_components, d_out, generator=generator, device=device) * std)
         self.ci = CIBank(n_components, ci_hidden, generator=generator)
-        self.register_buffer("bias_O", None if bias_O is None else bias_O.detach().clone().float())
+        # the components train in float32 whatever dtype the model runs in: bf16's 8-bit mantissa
+        # rounds away Adam steps of lr 1e-3 on entries of order 1
+        frozen_bias = None if bias_O is None else bias_O.detach().to(device=device, dtype=torch.float32, copy=True)
+        self.register_buffer("bias_O", frozen_bias)
 
     def inner(self, x: Tensor) -> Tensor:
         """Inner activations v_c^T a: [..., d_in] (token ids for embeddings) -> [..., C]."""

@@ -89,6 +89,9 @@ class Decomposition:
     history: list[dict[str, float]] = field(default_factory=list)
     """Loss values logged during training (step, total and each term)."""
 
+    model_dtype: str = "float32"
+    """dtype the decomposed model ran in (the components themselves are float32)."""
+
     def n_alive(self) -> dict[str, int]:
         """Module name -> number of alive subcomponents (config.alive_min_frequency)."""
         return {n: int(m.alive(self.config.alive_min_frequency).sum()) for n, m in self.modules.items()}
@@ -100,7 +103,7 @@ class Decomposition:
              "n_components": m.n_components, "n_alive": int(m.alive(self.config.alive_min_frequency).sum())}
             for n, m in self.modules.items()
         ]
-        return {"output": self.output, "modules": modules,
+        return {"output": self.output, "model_dtype": self.model_dtype, "modules": modules,
                 "final_losses": self.history[-1] if self.history else {}, "config": self.config.to_dict()}
 
     def write(self, writer: PartWriter) -> None:
@@ -129,6 +132,7 @@ class Decomposition:
         writer.attrs(GROUP, {
             "config": self.config.to_dict(),
             "output": self.output,
+            "model_dtype": self.model_dtype,
             "modules": list(self.modules),
             "kinds": {n: m.kind for n, m in self.modules.items()},
             "n_alive": self.n_alive(),

@@ -54,6 +54,8 @@ def decompose_hf(
     batch_sequences: int = 8,
     progress: bool = False,
     checkpointing: Checkpointing | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
 ) -> Decomposition:
     """SPD of chosen weights of a local causal LM, KL between masked and original next-token distributions.
 
@@ -65,11 +67,15 @@ def decompose_hf(
         seq_len: tokens per sequence.
         batch_sequences: sequences per step.
         progress: show a progress bar on stderr.
+        checkpointing: save / resume a long run.
+        device: where the model runs and the components train ("cpu", "cuda", "cuda:N").
+        dtype: "float32", "bfloat16" or "float16": the dtype the model runs in; the
+            components and their causal-importance MLPs train in float32 whatever it is.
 
     Returns:
-        The :class:`Decomposition` (output distance 'kl').
+        The :class:`Decomposition` (output distance 'kl'; numpy, on the CPU).
     """
-    model, tokenizer = load_causal_lm(model_dir, progress=progress)
+    model, tokenizer = load_causal_lm(model_dir, device, progress=progress, dtype=dtype)
     try:
         text = Path(data_file).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -81,7 +87,7 @@ def decompose_hf(
 def decompose_lm(model: nn.Module, tokenizer: Any, module_globs: list[str], text: str, config: SPDConfig, *,
                  seq_len: int = 64, batch_sequences: int = 8, progress: bool = False,
                  checkpointing: Checkpointing | None = None) -> Decomposition:
-    """`decompose_hf` on a model already loaded (its parameters are set to requires_grad=False).
+    """`decompose_hf` on a model already loaded, trained where the model is (its parameters are set to requires_grad=False).
 
     Args:
         model: a causal LM returning ``.logits``; tokenizer: its tokenizer.

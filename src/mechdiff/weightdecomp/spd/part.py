@@ -53,6 +53,7 @@ class ComponentsPart(Part):
             config=SPDConfig.from_dict(attrs["config"]),
             output=attrs.get("output", "mse"),
             history=list(attrs.get("history", [])),
+            model_dtype=attrs.get("model_dtype", "float32"),
         )
 
     def ranked_components(self) -> np.ndarray:
@@ -73,7 +74,8 @@ class ComponentsPart(Part):
         rows = [{"module": str(r["module"]), "index": int(r["index"]), "mean_ci": float(r["mean_ci"]),
                  "alive_frequency": float(r["alive_frequency"]), "norm": float(r["norm"]), "alive": bool(r["alive"])}
                 for r in self.ranked_components()[:top]]
-        return {"modules": modules, "toy": attrs.get("toy"), "output": attrs.get("output"), "components": rows}
+        return {"modules": modules, "toy": attrs.get("toy"), "output": attrs.get("output"),
+                "model_dtype": attrs.get("model_dtype", "float32"), "components": rows}
 
     def _module_group(self, module: str) -> h5py.Group:
         if module not in self.group:

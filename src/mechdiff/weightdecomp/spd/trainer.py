@@ -70,6 +70,8 @@ class SPDTrainer:
         config: SPD hyper-parameters.
         output: 'mse' or 'kl' output distance.
         forward: how to call the model on a batch (default: ``model(batch)``).
+        device: where the model (moved there), the components, their causal-importance MLPs,
+            the masks and the batches live; None: where the model's parameters already are.
     """
 
     def __init__(
@@ -79,14 +81,21 @@ class SPDTrainer:
         config: SPDConfig,
         output: str = "mse",
         forward: ForwardFn | None = None,
+        device: str | torch.device | None = None,
     ) -> None:
+        if device is not None:  # None: the model stays where its caller put it (the audit's models)
+            model.to(device)
+        self.device = torch.device(device) if device is not None else model_device(model)
         self.model = model
+        self.model_dtype = model_dtype(model)
         self.config = config
         self.output = output
         self.distance: OutputDistance = output_distance(output)
         self.forward = forward or default_forward
         self.targets = find_targets(model, module_globs)
-        self.generator = torch.Generator().manual_seed(config.seed)
+        # one generator on the device draws the initialisation and the masks: seeded runs repeat
+        # exactly on one device (a CPU and a GPU draw different numbers from the same seed)
+        self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
         self.layers = {name: self._make_layer(module) for name, module in self.targets.items()}
         self.target_weights = [weight_out_in(m, self.layers[n].kind).detach().float() for n, m in self.targets.items()]
         self.hooks = ComponentHooks(self.targets, self.layers)
@@ -115,9 +124,16 @@ class SPDTrainer:
             upper[name] = upper_leaky_hard_sigmoid(pre, slope)
         return lower, upper
 
+    def place(self, batch: Any) -> Any:
+        """The batch (a tensor or a dict of them) on the trainer's device."""
+        if isinstance(batch, dict):
+            return {k: self.place(v) for k, v in batch.items()}
+        return batch.to(self.device) if isinstance(batch, Tensor) else batch
+
     def losses(self, batch: Any, step: int) -> StepLosses:
         """All SPD loss terms on one batch."""
         cfg = self.config
+        batch = self.place(batch)
         target_out = self.hooks.run_target(self.model, batch, self.forward)
         ci_lower, ci_upper = self.importances()
         faith = faithfulness_loss(self.target_weights, [layer.weight_OI() for layer in self.layers.values()])
@@ -131,8 +147,8 @@ class SPDTrainer:
 
     def _recon_losses(self, batch: Any, target_out: Tensor, ci_lower: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         cfg = self.config
-        recon = torch.zeros(())
-        layerwise = torch.zeros(())
+        recon = torch.zeros((), device=self.device)
+        layerwise = torch.zeros((), device=self.device)
         for _ in range(cfg.n_mask_samples):
             masks = sample_masks(ci_lower, self.generator)
             if cfg.stochastic_recon_coeff > 0:
@@ -163,7 +179,7 @@ class SPDTrainer:
         total: dict[str, Tensor] = {}
         count = 0
         for batch in batches:
-            self.hooks.run_target(self.model, batch, self.forward)
+            self.hooks.run_target(self.model, self.place(batch), self.forward)
             for name, layer in self.layers.items():
                 g_NC = hard_sigmoid(layer.ci(layer.inner(self.hooks.inputs[name])))
                 g_NC = g_NC.reshape(-1, g_NC.shape[-1])  # every position of a sequence is one input
@@ -172,21 +188,36 @@ class SPDTrainer:
             count += len(g_NC)  # all decomposed modules see the same inputs
         if count == 0:
             raise InputError("no evaluation data left to measure causal importances; give more data")
-        return {n: ((fired[n] / count).numpy(), (total[n] / count).numpy()) for n in self.layers}
+        return {n: ((fired[n] / count).cpu().numpy(), (total[n] / count).cpu().numpy()) for n in self.layers}
 
     def decomposition(self, stats: dict[str, tuple[np.ndarray, np.ndarray]],
                       history: list[dict[str, float]]) -> Decomposition:
-        """Freeze the current components into a numpy :class:`Decomposition`."""
+        """Freeze the current components into a numpy :class:`Decomposition` (on the CPU)."""
         modules = {}
         for name, layer in self.layers.items():
             freq, mean_ci = stats[name]
             modules[name] = ModuleComponents(
                 name=name, kind=layer.kind,
-                V_IC=layer.V_IC.detach().numpy().copy(), U_CO=layer.U_CO.detach().numpy().copy(),
-                alive_frequency_C=freq, mean_ci_C=mean_ci,
-                ci_params={k: v.detach().numpy().copy() for k, v in layer.ci.state_dict().items()},
+                V_IC=_numpy(layer.V_IC), U_CO=_numpy(layer.U_CO), alive_frequency_C=freq, mean_ci_C=mean_ci,
+                ci_params={k: _numpy(v) for k, v in layer.ci.state_dict().items()},
             )
-        return Decomposition(modules=modules, config=self.config, output=self.output, history=history)
+        return Decomposition(modules=modules, config=self.config, output=self.output, history=history,
+                             model_dtype=self.model_dtype)
+
+
+def _numpy(tensor: Tensor) -> np.ndarray:
+    return tensor.detach().cpu().numpy().copy()
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's first parameter is (the CPU for a model without parameters)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
+def model_dtype(model: nn.Module) -> str:
+    """The dtype the model runs in (its first floating-point parameter's), e.g. "bfloat16"."""
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    return str(dtype).removeprefix("torch.")
 
 
 def lr_schedule(config: SPDConfig) -> LRSchedule:
@@ -217,12 +248,13 @@ def decompose_module(
     progress: bool = False,
     log_every: int = 100,
     checkpointing: Checkpointing | None = None,
+    device: str | torch.device | None = None,
 ) -> Decomposition:
     """Decompose the chosen weights of ``model`` into rank-1 subcomponents with SPD.
 
     Args:
-        model: any torch module; it is not modified (hooks are removed afterwards)
-            but its parameters are set to ``requires_grad=False``.
+        model: any torch module; its computation is not modified (hooks are removed afterwards)
+            but its parameters are set to ``requires_grad=False`` and it is moved to ``device``.
         module_globs: fnmatch patterns on module names (nn.Linear, GPT-2 Conv1D, nn.Embedding).
         data_iter: batches the model accepts (tensor, or dict of keyword arguments);
             a re-iterable is cycled, a one-shot iterator must supply ``steps + eval_batches``.
@@ -233,12 +265,14 @@ def decompose_module(
         progress: show a progress bar on stderr.
         log_every: record the loss terms every this many steps in ``history``.
         checkpointing: save every N steps / resume a saved run (same config and data order).
+        device: where everything of the training lives (batches are moved there);
+            None: the device the model is on.
 
     Returns:
-        The trained :class:`Decomposition` with alive frequencies and mean
+        The trained :class:`Decomposition` (numpy, on the CPU) with alive frequencies and mean
         causal importances measured on ``config.eval_batches`` further batches.
     """
-    trainer = SPDTrainer(model, module_globs, config, output, forward)
+    trainer = SPDTrainer(model, module_globs, config, output, forward, device)
     stream = _batch_stream(data_iter)
     try:
         history = train(trainer, stream, progress=progress, log_every=log_every, checkpointing=checkpointing)
@@ -271,7 +305,8 @@ def train(trainer: SPDTrainer, stream: Iterator[Any], *, progress: bool, log_eve
         if checkpointing is not None and checkpointing.due(step + 1, last):
             save_training(checkpointing.directory, step + 1, modules=_layer_modules(trainer),
                           optimizer=trainer.optimizer, config=trainer.config.to_dict(),
-                          tensors={"generator": trainer.generator.get_state()}, meta={"history": history})
+                          tensors={"generator": trainer.generator.get_state()},
+                          meta={"history": history, "device": trainer.device.type})
     return history
 
 
@@ -285,5 +320,9 @@ def _restore(trainer: SPDTrainer, checkpointing: Checkpointing) -> tuple[int, li
                                 optimizer=trainer.optimizer, config=trainer.config.to_dict(), what="SPD")
     if restored is None:
         return 0, []
+    saved_on = restored.meta.get("device", "cpu")
+    if saved_on != trainer.device.type:  # the random streams of a CPU and a GPU generator differ
+        raise InputError(f"the SPD checkpoint in {checkpointing.directory} was trained on {saved_on}; "
+                         f"resume it with --device {saved_on} or use a fresh checkpoint directory")
     trainer.generator.set_state(restored.tensors["generator"].to(torch.uint8))
     return restored.step, list(restored.meta["history"])

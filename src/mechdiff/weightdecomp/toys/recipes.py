@@ -204,7 +204,7 @@ def _setup(name: str, seed: int) -> _ToySetup:
 
 
 def run_toy(name: str, config: SPDConfig | None = None, *, seed: int = 0, progress: bool = True,
-            checkpointing: Checkpointing | None = None) -> ToyReport:
+            checkpointing: Checkpointing | None = None, device: str = "cpu") -> ToyReport:
     """Train a toy model with known features and its SPD decomposition; score it.
 
     Args:
@@ -212,6 +212,8 @@ def run_toy(name: str, config: SPDConfig | None = None, *, seed: int = 0, progre
         config: SPD config (default: ``TOY_CONFIGS[name]`` with ``seed``).
         seed: seed for the toy model, its data and (when config is None) the decomposition.
         progress: show a progress bar on stderr.
+        checkpointing: save / resume long runs.
+        device: where the decomposition trains (the toy model itself trains on the CPU, then moves there).
 
     Returns:
         A :class:`ToyReport` with MMCS, ML2R, alive counts, the one-hot
@@ -221,7 +223,7 @@ def run_toy(name: str, config: SPDConfig | None = None, *, seed: int = 0, progre
         raise InputError(f"unknown toy model {name!r}; choose one of {', '.join(TOYS)}")
     config = config or replace(TOY_CONFIGS[name], seed=seed)
     with _torch_threads(1):
-        return _run_toy(name, config, seed, progress, checkpointing)
+        return _run_toy(name, config, seed, progress, checkpointing, device)
 
 
 @contextmanager
@@ -236,14 +238,14 @@ def _torch_threads(n: int) -> Iterator[None]:
 
 
 def _run_toy(name: str, config: SPDConfig, seed: int, progress: bool,
-             checkpointing: Checkpointing | None = None) -> ToyReport:
+             checkpointing: Checkpointing | None = None, device: str = "cpu") -> ToyReport:
     t0 = time.perf_counter()
     setup = _setup(name, seed)
     target_seconds = time.perf_counter() - t0
     t1, cpu1 = time.perf_counter(), time.process_time()
     decomp = decompose_tms_like(setup.model, setup.globs, setup.n_features, config, seed=seed,
                                 probability=setup.probability, low=setup.low, progress=progress,
-                                checkpointing=checkpointing)
+                                checkpointing=checkpointing, device=device)
     seconds, cpu_seconds = time.perf_counter() - t1, time.process_time() - cpu1
     return _score(name, setup, decomp, seconds, cpu_seconds, target_seconds)
 
@@ -251,7 +253,7 @@ def _run_toy(name: str, config: SPDConfig, seed: int, progress: bool,
 def decompose_tms_like(
     model: torch.nn.Module, module_globs: list[str], n_features: int, config: SPDConfig, *,
     seed: int = 0, probability: float = 0.05, low: float = 0.0, progress: bool = False,
-    checkpointing: Checkpointing | None = None,
+    checkpointing: Checkpointing | None = None, device: str | None = None,
 ) -> Decomposition:
     """SPD of a toy model fed sparse features (MSE output distance), single-threaded.
 
@@ -265,6 +267,7 @@ def decompose_tms_like(
         low: feature values ~ U(low, 1).
         progress: show a progress bar on stderr.
         checkpointing: save / resume long runs.
+        device: where the decomposition trains (None: where the model is).
 
     Returns:
         The :class:`Decomposition`.
@@ -272,7 +275,7 @@ def decompose_tms_like(
     data = feature_batches(config.batch_size, n_features, probability, seed + 1, low, at_least_one=AT_LEAST_ONE)
     with _torch_threads(1):
         return decompose_module(model, module_globs, data, config, "mse", progress=progress,
-                                checkpointing=checkpointing)
+                                checkpointing=checkpointing, device=device)
 
 
 def _score(name: str, setup: _ToySetup, decomp: Decomposition, seconds: float, cpu_seconds: float,
