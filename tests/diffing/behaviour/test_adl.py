@@ -80,3 +80,31 @@ def test_kv_cached_steered_sampling_matches_full_prefix_passes(tiny_pair):
     with torch.no_grad():
         plain = sample_ids(cached_logits(base), 1, 3, 12, torch.Generator().manual_seed(5))
     assert not torch.equal(plain, rows[1])  # the hook was seen on the cached path
+
+
+def test_steering_search_on_a_trained_model_stops_where_its_own_loss_breaks(toy_backdoor):
+    # a trained toy LM: its own samples are coherent (low loss); pushed hard along one direction of its
+    # residual stream it babbles. The chosen alpha is coherent and one bisection step above it is not.
+    from mechdiff.diffing.behaviour.adl import ADLConfig, base_loss, start_token, steer
+    from mechdiff.models import load_causal_lm
+
+    base, tokenizer = load_causal_lm(toy_backdoor.base_dir, progress=False)
+    d = base.config.n_embd
+    delta = torch.randn(d, generator=torch.Generator().manual_seed(1))
+    config = ADLConfig(steer_samples=4, steer_length=16, search_steps=6, max_scale=16.0)
+    resid_norm = 10.0
+    alpha, steered, losses = steer(base, tokenizer, 0, delta, resid_norm, config)
+    high = config.max_scale * resid_norm / float(delta.norm())
+    assert 0.0 < alpha < high  # coherence broke inside the range, not at either end
+    assert losses["steered_loss"] <= losses["limit"] == pytest.approx(config.loss_factor * losses["unsteered_loss"])
+    assert len(steered) == config.steer_samples and all(s["alpha"] == alpha for s in steered)
+
+    def loss_at(a: float) -> float:  # the search's own measurement, repeated
+        g = torch.Generator().manual_seed(config.seed)
+        with edited_block(base, 0, lambda h: h + a * delta):
+            ids = sample_ids(cached_logits(base), start_token(tokenizer), config.steer_samples, config.steer_length,
+                             g, "cpu")
+        return base_loss(base, ids)
+
+    assert loss_at(alpha) == pytest.approx(losses["steered_loss"], rel=1e-5)
+    assert loss_at(alpha + high / 2 ** config.search_steps) > losses["limit"]
