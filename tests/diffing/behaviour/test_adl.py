@@ -9,10 +9,12 @@ import pytest
 import torch
 
 from mechdiff.diffing.behaviour.adl import (
+    edited_block,
     largest_coherent_alpha,
     mean_difference,
     ranked_shift,
 )
+from mechdiff.diffing.behaviour.neutral import cached_logits, model_logits, sample_ids
 from mechdiff.toylm.model import ToyLMSize, make_model
 
 
@@ -61,3 +63,48 @@ def test_ranked_shift_weights_tokens_by_kl_share():
     assert up[0]["token"] == "1" and up[0]["weight"] == pytest.approx(0.5 * np.log(2))
     assert down[0]["token"] == "0" and down[0]["weight"] == pytest.approx(0.5 * np.log(2))
     assert kl == pytest.approx(0.5 * np.log(2) + 0.25 * np.log(0.5))
+
+
+def test_kv_cached_steered_sampling_matches_full_prefix_passes(tiny_pair):
+    # the steering hook edits every position; the cache keeps the edited keys and values, so
+    # feeding one token at a time must give the full-prefix logits and the same samples
+    base, _, v = tiny_pair
+    ids = torch.randint(3, 40, (3, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad(), edited_block(base, 1, lambda h: h + 3.0 * v):
+        full, cached = model_logits(base), cached_logits(base)
+        for t in range(1, ids.shape[1] + 1):
+            assert torch.allclose(cached(ids[:, :t]), full(ids[:, :t]), atol=1e-5)
+        rows = [sample_ids(fn, 1, 3, 12, torch.Generator().manual_seed(5)) for fn in (model_logits(base),
+                                                                                     cached_logits(base))]
+    assert torch.equal(rows[0], rows[1])
+    with torch.no_grad():
+        plain = sample_ids(cached_logits(base), 1, 3, 12, torch.Generator().manual_seed(5))
+    assert not torch.equal(plain, rows[1])  # the hook was seen on the cached path
+
+
+def test_steering_search_on_a_trained_model_stops_where_its_own_loss_breaks(toy_backdoor):
+    # a trained toy LM: its own samples are coherent (low loss); pushed hard along one direction of its
+    # residual stream it babbles. The chosen alpha is coherent and one bisection step above it is not.
+    from mechdiff.diffing.behaviour.adl import ADLConfig, base_loss, start_token, steer
+    from mechdiff.models import load_causal_lm
+
+    base, tokenizer = load_causal_lm(toy_backdoor.base_dir, progress=False)
+    d = base.config.n_embd
+    delta = torch.randn(d, generator=torch.Generator().manual_seed(1))
+    config = ADLConfig(steer_samples=4, steer_length=16, search_steps=6, max_scale=16.0)
+    resid_norm = 10.0
+    alpha, steered, losses = steer(base, tokenizer, 0, delta, resid_norm, config)
+    high = config.max_scale * resid_norm / float(delta.norm())
+    assert 0.0 < alpha < high  # coherence broke inside the range, not at either end
+    assert losses["steered_loss"] <= losses["limit"] == pytest.approx(config.loss_factor * losses["unsteered_loss"])
+    assert len(steered) == config.steer_samples and all(s["alpha"] == alpha for s in steered)
+
+    def loss_at(a: float) -> float:  # the search's own measurement, repeated
+        g = torch.Generator().manual_seed(config.seed)
+        with edited_block(base, 0, lambda h: h + a * delta):
+            ids = sample_ids(cached_logits(base), start_token(tokenizer), config.steer_samples, config.steer_length,
+                             g, "cpu")
+        return base_loss(base, ids)
+
+    assert loss_at(alpha) == pytest.approx(losses["steered_loss"], rel=1e-5)
+    assert loss_at(alpha + high / 2 ** config.search_steps) > losses["limit"]

@@ -65,3 +65,18 @@ def test_nmf_separates_two_disjoint_topics():
     topics = sorted(set(torch.topk(H[k], 3).indices.tolist()) for k in range(2))
     assert sorted(map(sorted, topics)) == [[0, 1, 2], [3, 4, 5]]
     assert float(torch.linalg.norm(torch.from_numpy(X) - W @ H) / np.linalg.norm(X)) < 0.2
+
+
+def test_nmf_sparse_input_and_early_stop_agree_with_the_full_dense_run():
+    g = np.random.default_rng(1)
+    X = np.zeros((60, 9))
+    for i in range(60):
+        block = 3 * (i % 3)
+        X[i, block:block + 3] = g.uniform(0.2, 1.0, 3)
+    dense = torch.from_numpy(X)
+    W, H = nmf(dense, 3, 400, seed=0)
+    Ws, Hs = nmf(dense.to_sparse_coo(), 3, 400, seed=0)
+    assert torch.allclose(W, Ws) and torch.allclose(H, Hs)
+    We, He = nmf(dense, 3, 400, seed=0, tol=1e-5)
+    assert float(torch.linalg.norm(dense - We @ He)) == pytest.approx(float(torch.linalg.norm(dense - W @ H)), rel=1e-3)
+    assert [set(torch.topk(h, 3).indices.tolist()) for h in He] == [set(torch.topk(h, 3).indices.tolist()) for h in H]

@@ -27,8 +27,8 @@ from torch import nn
 
 from mechdiff.diffing.activations.hooks import find_blocks
 from mechdiff.diffing.behaviour.neutral import (
+    cached_logits,
     decode,
-    model_logits,
     sample_ids,
     start_token,
 )
@@ -145,12 +145,21 @@ def final_readout(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda h: head(norm(h)).float()
 
 
+class _PastLastBlock(Exception):
+    """Raised by the last block's hook: the final norm and the unembedding are not needed."""
+
+
 class _BlockOutputs:
-    """Forward hooks keeping every block's output at the first positions; an optional edit of one block."""
+    """Forward hooks keeping every block's output at the first positions; the pass stops after the last block."""
 
     def __init__(self, model: nn.Module, keep: int) -> None:
         self.blocks, self.keep = find_blocks(model), keep
         self.outputs: list[torch.Tensor | None] = [None] * len(self.blocks)
+
+    def run(self, model: nn.Module, ids: torch.Tensor) -> None:
+        """One forward pass of ``model`` over ``ids`` up to the last block's output."""
+        with self.attached(), contextlib.suppress(_PastLastBlock):
+            model(input_ids=ids)
 
     @contextlib.contextmanager
     def attached(self) -> Iterator[_BlockOutputs]:
@@ -165,6 +174,8 @@ class _BlockOutputs:
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
             hidden = output[0] if isinstance(output, (tuple, list)) else output
             self.outputs[index] = hidden[:, : self.keep].detach().float()
+            if index == len(self.blocks) - 1:
+                raise _PastLastBlock
         return hook
 
 
@@ -202,8 +213,7 @@ def mean_difference(base: nn.Module, ft: nn.Module, docs: list[np.ndarray], posi
     for length in sorted({len(r) for r in rows}):  # equal lengths: no padding to mask
         ids = torch.as_tensor(np.stack([r for r in rows if len(r) == length]), device=device)
         for model, capture in zip((base, ft), hooks):
-            with capture.attached():
-                model(input_ids=ids)
+            capture.run(model, ids)
         h_base = torch.stack(hooks[0].outputs)[:, :, skip:].flatten(1, 2)  # [L, rows, d]
         h_ft = torch.stack(hooks[1].outputs)[:, :, skip:].flatten(1, 2)
         diff_sum = diff_sum + (h_ft - h_base).sum(1)
@@ -275,21 +285,27 @@ def steer(base: nn.Module, tokenizer: Any, layer: int, delta: torch.Tensor, resi
     """
     start = start_token(tokenizer)
     cache: dict[float, torch.Tensor] = {}
+    losses_at: dict[float, float] = {}
 
     def samples(alpha: float) -> torch.Tensor:
         if alpha not in cache:
             g = torch.Generator().manual_seed(config.seed)
             with edited_block(base, layer, lambda h: h + alpha * delta.to(h.dtype)):
-                cache[alpha] = sample_ids(model_logits(base), start, config.steer_samples, config.steer_length,
+                cache[alpha] = sample_ids(cached_logits(base), start, config.steer_samples, config.steer_length,
                                           g, config.device)
         return cache[alpha]
 
-    reference = base_loss(base, samples(0.0))
+    def loss_at(alpha: float) -> float:
+        if alpha not in losses_at:
+            losses_at[alpha] = base_loss(base, samples(alpha))
+        return losses_at[alpha]
+
+    reference = loss_at(0.0)
     limit = config.loss_factor * reference
     high = config.max_scale * resid_norm / max(float(delta.norm()), 1e-12)
-    alpha = largest_coherent_alpha(lambda a: base_loss(base, samples(a)), limit, high, config.search_steps)
+    alpha = largest_coherent_alpha(loss_at, limit, high, config.search_steps)
     steered = [{"alpha": alpha, "text": decode(tokenizer, row[1:])} for row in samples(alpha).tolist()]
-    losses = {"unsteered_loss": reference, "limit": limit, "steered_loss": base_loss(base, samples(alpha))}
+    losses = {"unsteered_loss": reference, "limit": limit, "steered_loss": loss_at(alpha)}
     return alpha, steered, losses
 
 

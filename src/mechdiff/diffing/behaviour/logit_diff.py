@@ -11,6 +11,7 @@ differences, each topic read by its top tokens and its top contexts.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 EPS = 1e-12
+NMF_CHECK = 10  # updates between the early-stopping checks of the NMF's loss
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,9 @@ class LogitDiffConfig:
     topic_contexts: int = 5
     """Contexts shown per topic."""
     nmf_iters: int = 300
-    """Multiplicative-update iterations of the NMF."""
+    """Multiplicative-update iterations of the NMF (at most)."""
+    nmf_tol: float = 1e-5
+    """The NMF stops early once 10 updates lower its loss by less than this share (0: all ``nmf_iters``)."""
     window: int = 8
     """Tokens of context shown up to the predicting position."""
     seed: int = 0
@@ -57,6 +61,8 @@ class LogitDiffConfig:
                 raise ValueError(f"LogitDiffConfig: {name} must be positive")
         if not 0 < self.min_shift < 1:
             raise ValueError("LogitDiffConfig: min_shift must be in (0, 1)")
+        if self.nmf_tol < 0:
+            raise ValueError("LogitDiffConfig: nmf_tol must be >= 0")
 
 
 @dataclass
@@ -101,8 +107,8 @@ class LogitDiffAccumulator:
         valid = mask.bool()
         lb, lf = logp_base[valid], logp_ft[valid]  # [n, V]
         pb, pf = lb.exp(), lf.exp()
-        dp = pf - pb
-        up_term, down_term = pf * (lf - lb), pb * (lb - lf)
+        dp, dl = pf - pb, lf - lb
+        up_term, down_term = pf * dl, -(pb * dl)  # -(pb (lf - lb)) == pb (lb - lf) exactly
         moved_up, moved_down = dp >= self.config.min_shift, dp <= -self.config.min_shift
         self._sum("kl_up", up_term.clamp_min(0).sum(0))
         self._sum("kl_down", down_term.clamp_min(0).sum(0))
@@ -142,12 +148,11 @@ class LogitDiffAccumulator:
 
     def _topics(self, docs: list[np.ndarray], text_of: Any) -> list[dict]:
         columns = torch.topk(self.sums["kl_up"], min(self.config.topic_columns, self.sums["kl_up"].numel())).indices
-        X = _dense_rows(torch.cat(self.top_ids), torch.cat(self.top_vals), columns)
-        keep = X.sum(1) > 0
-        if int(keep.sum()) < self.config.topics:
+        X, keep = _sparse_rows(torch.cat(self.top_ids), torch.cat(self.top_vals), columns)
+        if X.shape[0] < self.config.topics:
             return []
         rows = [r for r, k in zip(self.rows, keep.tolist()) if k]
-        W, H = nmf(X[keep], self.config.topics, self.config.nmf_iters, self.config.seed)
+        W, H = nmf(X, self.config.topics, self.config.nmf_iters, self.config.seed, self.config.nmf_tol)
         topics = []
         for k in torch.argsort(-W.sum(0)).tolist():
             if float(H[k].max()) <= 0:
@@ -164,31 +169,55 @@ class LogitDiffAccumulator:
         return docs[doc][max(0, pos + 1 - self.config.window): pos + 1]
 
 
-def _dense_rows(ids: torch.Tensor, vals: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
-    """[rows, len(columns)] of the kept sparse entries that fall in the chosen columns."""
+def _sparse_rows(ids: torch.Tensor, vals: torch.Tensor, columns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kept entries that fall in the chosen columns as a sparse [rows, len(columns)] matrix
+    (float64), over the rows with at least one positive entry, and the mask of those rows."""
     where = torch.full((int(max(int(ids.max()), int(columns.max()))) + 1,), -1, dtype=torch.int64)
     where[columns] = torch.arange(len(columns))
     col = where[ids]
-    X = torch.zeros(ids.shape[0], len(columns), dtype=torch.float64)
-    hit = col >= 0
-    X[hit.nonzero()[:, 0], col[hit]] = vals[hit].double()
-    return X
+    hit = (col >= 0) & (vals > 0)
+    keep = hit.any(1)
+    row = (keep.cumsum(0) - 1)[:, None].expand_as(col)
+    X = torch.sparse_coo_tensor(torch.stack([row[hit], col[hit]]), vals[hit].double(),
+                                (int(keep.sum()), len(columns)), check_invariants=False)  # indices built in range
+    return X.coalesce(), keep
 
 
-def nmf(X: torch.Tensor, k: int, iters: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def nmf(X: torch.Tensor, k: int, iters: int, seed: int, tol: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Non-negative X [n, m] ~ W [n, k] H [k, m] by Lee-Seung multiplicative updates (Frobenius loss).
 
-    The rows of H are scaled to unit norm at the end (W absorbs the scale), so topic weights compare.
+    X (dense or sparse COO) is mostly zeros (logit-diff keeps a few entries per position), so the
+    products with X go through sparse copies of X and X^T (a dense X is read twice per update:
+    seconds for 10k positions). With ``tol`` > 0 the updates stop early once NMF_CHECK of them
+    lower the loss by less than ``tol`` of itself. The rows of H are scaled to unit norm at the
+    end (W absorbs the scale), so topic weights compare.
     """
     g = torch.Generator().manual_seed(seed)
-    scale = float(X.mean().sqrt() / max(k, 1) ** 0.5) + EPS
-    W = torch.rand(X.shape[0], k, generator=g, dtype=X.dtype) * scale
-    H = torch.rand(k, X.shape[1], generator=g, dtype=X.dtype) * scale
-    for _ in range(iters):
-        H *= (W.T @ X) / (W.T @ W @ H + EPS)
-        W *= (X @ H.T) / (W @ (H @ H.T) + EPS)
+    X = (X.to_sparse_coo() if X.layout == torch.strided else X).coalesce()
+    n, m = X.shape
+    scale = float((X.values().sum() / max(n * m, 1)).sqrt() / max(k, 1) ** 0.5) + EPS
+    W = torch.rand(n, k, generator=g, dtype=X.dtype) * scale
+    H = torch.rand(k, m, generator=g, dtype=X.dtype) * scale
+    X_rows, X_cols = _csr(X), _csr(X.t().coalesce())
+    norm2, last = float(X.values().square().sum()), float("inf")
+    for step in range(iters):
+        WtW = W.T @ W
+        H *= (X_cols @ W).T / (WtW @ H + EPS)
+        XHt, HHt = X_rows @ H.T, H @ H.T
+        if tol > 0 and step % NMF_CHECK == NMF_CHECK - 1:
+            loss = norm2 - 2 * float((XHt * W).sum()) + float((WtW * HHt).sum())  # |X - W H|^2
+            if last - loss <= tol * max(loss, EPS):
+                break
+            last = loss
+        W *= XHt / (W @ HHt + EPS)
     norms = H.norm(dim=1, keepdim=True).clamp_min(EPS)
     return W * norms.T, H / norms
+
+
+def _csr(X: torch.Tensor) -> torch.Tensor:
+    with warnings.catch_warnings():  # torch calls sparse CSR "beta"; the products used here are stable
+        warnings.simplefilter("ignore", UserWarning)
+        return X.to_sparse_csr()
 
 
 @torch.no_grad()
