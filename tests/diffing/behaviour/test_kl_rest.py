@@ -50,3 +50,17 @@ def test_findings_rank_a_new_prediction_above_a_bigger_reweighting():
     assert findings[0].score == pytest.approx((40 * 0.45 + 30 * 0.01) / 70)
     assert findings[1].score == pytest.approx((1000 * 0.05 + 30 * 0.01) / 1030)
     assert "0.05 beyond one token's rate" in findings[1].summary
+
+
+def test_logit_diff_findings_shrink_few_positions_like_the_kl_lens():
+    from mechdiff.diffing.audit.lens_findings import logit_diff_findings
+    from mechdiff.diffing.behaviour.logit_diff import LogitDiffResult
+
+    up = [{"token": "zq", "weight": 0.01, "mass": 0.01, "count": 4, "score": 3.0},      # big, on 4 positions
+          {"token": "apple", "weight": 0.02, "mass": 0.02, "count": 120, "score": 1.2}]  # smaller, repeated
+    result = LogitDiffResult(n_positions=5000, up=up)
+    found = logit_diff_findings(result, min_occurrences=3, corpus_mean_kl=0.05)
+    assert [f.tokens for f in found] == [frozenset({"apple"}), frozenset({"zq"})]
+    assert found[0].score == pytest.approx((120 * 1.2 + 30 * 0.05) / 150)
+    assert found[1].score == pytest.approx((4 * 3.0 + 30 * 0.05) / 34)
+    assert found[1].evidence["score"] == 3.0  # the unshrunk per-position KL stays in the evidence

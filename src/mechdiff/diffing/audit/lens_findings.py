@@ -3,7 +3,8 @@ findings, and the audit JSON's ``adl`` / ``logit_diff`` / ``amplified`` / ``caus
 
 Scores are on the behaviour lens's scale, KL in nats per position of a token type:
 - logit-diff: a token's share of KL(ft || base), p_ft log(p_ft / p_base), averaged over the
-  positions where the fine-tune moved at least ``min_shift`` of probability onto it;
+  positions where the fine-tune moved at least ``min_shift`` of probability onto it, shrunk
+  toward the corpus mean KL as the KL lens's token types are;
 - ADL: KL(p(h + delta) || p(h)) of the logit-lens readout, averaged over the positions read.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mechdiff.diffing.audit.calibration import BEHAVIOUR_UNIT, shrunk_kl
 from mechdiff.diffing.audit.findings import Finding
 
 LOGIT_DIFF_FINDINGS = 3
@@ -22,15 +24,27 @@ def _meaningful(tokens: list[str]) -> list[str]:
     return meaningful(tokens)
 
 
-def logit_diff_findings(result: Any, min_occurrences: int, limit: int = LOGIT_DIFF_FINDINGS) -> list[Finding]:
-    """Tokens the fine-tune puts probability on, repeatedly (at least ``min_occurrences`` positions)."""
+def logit_diff_findings(result: Any, min_occurrences: int, corpus_mean_kl: float = 0.0,
+                        limit: int = LOGIT_DIFF_FINDINGS) -> list[Finding]:
+    """Tokens the fine-tune puts probability on, repeatedly (at least ``min_occurrences`` positions).
+
+    A token's KL per moved position is shrunk toward the corpus mean KL by the behaviour lens's
+    pseudo-occurrences (calibration.shrunk_kl), as the KL lens's token types are: a mean over a
+    handful of positions is where two models trained on the same data disagree most (a reseeded
+    retrain of a null pair reached 0.56 unshrunk on a few positions), and one threshold must mean
+    one false-positive rate for both readings of the next-token distributions.
+    """
     rows = [r for r in result.up if r["count"] >= min_occurrences and _meaningful([r["token"]])]
+
+    def score(row: dict) -> float:
+        return shrunk_kl(row["score"], row["count"], corpus_mean_kl) / BEHAVIOUR_UNIT
+
     out = []
-    for row in sorted(rows, key=lambda r: -r["score"])[:limit]:
+    for row in sorted(rows, key=lambda r: -score(r))[:limit]:
         summary = (f"the fine-tune puts probability on '{row['token']}' at {row['count']} positions "
                    f"({row['score']:.2f} nats of KL each; {100 * row['mass']:.2f}% of all mass moved to it)")
-        out.append(Finding("logit_diff", row["score"], summary, frozenset(_meaningful([row["token"]])),
-                           evidence={**row, "n_positions": result.n_positions}))
+        out.append(Finding("logit_diff", score(row), summary, frozenset(_meaningful([row["token"]])),
+                           evidence={**row, "n_positions": result.n_positions, "corpus_mean_kl": corpus_mean_kl}))
     return out
 
 

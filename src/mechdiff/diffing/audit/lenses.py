@@ -85,7 +85,9 @@ def _run_lens_findings(lenses: ModelLenses, found: dict, config: AuditConfig) ->
 
     out = {}
     if lenses.logit_diff is not None:
-        out["logit_diff"] = logit_diff_findings(lenses.logit_diff, (config.behaviour or BehaviourConfig()).min_occurrences)
+        corpus_mean = lenses.behaviour.mean_kl if lenses.behaviour is not None else 0.0
+        out["logit_diff"] = logit_diff_findings(lenses.logit_diff, (config.behaviour or BehaviourConfig()).min_occurrences,
+                                                corpus_mean)
     if lenses.adl is not None:
         out["adl"] = adl_findings(lenses.adl)
     if lenses.causal is not None:
