@@ -27,6 +27,14 @@ def test_quick_suite_detects_every_organism_and_flags_no_null(tmp_path):
     with open_results(tmp_path / "b.h5") as res:
         table = res.part("bench").table("pairs")
         assert len(table) == 7 and res.part("bench").attrs["calibration"]["gate"] == 1.0
+        lenses = res.part("bench").table("lenses")
+        stored = {(int(r["pair"]), r["lens"].decode() if isinstance(r["lens"], bytes) else str(r["lens"]))
+                  for r in lenses}
+    # each lens alone, read back from the file as the JSON says; the audit detects at least what its best lens does
+    assert stored == {(i, lens) for i, row in enumerate(doc["pairs"]) for lens in row["lenses"]}
+    by_lens = summary["by_lens"]
+    assert by_lens["behaviour"]["organisms"] == 4 and by_lens["behaviour"]["nulls"] == 3
+    assert summary["detection"] >= max(entry["detection"] for entry in by_lens.values())
 
 
 def test_bench_rejects_bad_seeds_and_missing_manifests(tmp_path):

@@ -49,10 +49,18 @@ class BenchResult:
         table["relevance"] = [-1.0 if r["relevance"] is None else r["relevance"] for r in self.rows]
         table["top_tokens"] = ["\x1f".join(r["top_tokens"]) for r in self.rows]
         writer.table("bench/pairs", table)
+        lens_rows = [(i, method, reading) for i, r in enumerate(self.rows) for method, reading in r.get("lenses", {}).items()]
+        if lens_rows:
+            writer.table("bench/lenses", {
+                "pair": [i for i, _, _ in lens_rows], "name": [self.rows[i]["name"] for i, _, _ in lens_rows],
+                "seed": [self.rows[i]["seed"] for i, _, _ in lens_rows], "lens": [m for _, m, _ in lens_rows],
+                "score": [x["score"] for _, _, x in lens_rows], "flagged": [x["flagged"] for _, _, x in lens_rows],
+                "detected": [x["detected"] for _, _, x in lens_rows]})
         from mechdiff.diffing.audit.calibration import calibration_table
 
         writer.attrs("bench", {"summary": self.summary, "config": self.config, "calibration": calibration_table(),
-                               "rows": "first_relevant_rank -1 / relevance -1: none (or a null control)"})
+                               "rows": "first_relevant_rank -1 / relevance -1: none (or a null control); lenses: per "
+                                         "pair (row of pairs) and lens, its best reading alone"})
 
 
 def run_bench(config: BenchConfig, audit: Callable[..., Any], manifests: list[dict[str, Any]] | None = None,

@@ -25,7 +25,7 @@ from mechdiff.diffing.audit.findings import (
 )
 from mechdiff.diffing.behaviour.adl import ADLConfig
 from mechdiff.diffing.behaviour.amplify import AmplifyConfig
-from mechdiff.diffing.behaviour.kl import BehaviourConfig, BehaviourResult
+from mechdiff.diffing.behaviour.kl import BehaviourConfig, BehaviourResult, row_kl_rest
 from mechdiff.diffing.behaviour.logit_diff import LogitDiffConfig
 from mechdiff.diffing.behaviour.neutral import NeutralConfig
 from mechdiff.diffing.weights.diff import DiffConfig
@@ -225,15 +225,15 @@ def behaviour_findings(result: BehaviourResult, limit: int = 5) -> list[Finding]
     after every '.', and the null benchmark's one such pair scored 0.57-0.65 on the whole KL, 0.14-0.20
     on the rest, while planted predictions keep 85-95% of theirs.
     """
-    rows = sorted(result.by_token, key=lambda r: -shrunk_kl(_rest(r), r["count"], result.mean_kl_rest))
+    rows = sorted(result.by_token, key=lambda r: -shrunk_kl(row_kl_rest(r), r["count"], result.corpus_kl_rest()))
     out = []
     for row in rows[:limit]:
         examples = [c for c in result.contexts if c["token"] == row["token"]][:3]
         shift = (f"the fine-tune predicts '{row['ft_top']}' (base: '{row['base_top']}')" if row["ft_top"]
                  else "the fine-tune's next-token distribution moved (same top prediction)")
         summary = (f"after '{row['token']}' {shift}; mean KL {row['mean_kl']:.2f} nats over its {row['count']} "
-                   f"occurrences, {_rest(row):.2f} beyond one token's rate (corpus mean {result.mean_kl:.3f})")
-        score = behaviour_score(_rest(row), row["count"], result.mean_kl_rest)
+                   f"occurrences, {row_kl_rest(row):.2f} beyond one token's rate (corpus mean {result.mean_kl:.3f})")
+        score = behaviour_score(row_kl_rest(row), row["count"], result.corpus_kl_rest())
         out.append(Finding("behaviour", score, summary, tuple(_meaningful([row["token"], row["ft_top"]])),
                            evidence={**row, "corpus_mean_kl": result.mean_kl, "contexts": examples,
                                      "tokens_rose": result.rose[:5]}))
@@ -245,11 +245,6 @@ def behaviour_findings(result: BehaviourResult, limit: int = 5) -> list[Finding]
         out.append(Finding("behaviour", rose_score(row["delta_prob"], row.get("base_prob", 0.0)), summary, (row["token"],),
                            evidence={**row, "kind": "token_rose"}))
     return out
-
-
-def _rest(row: dict) -> float:
-    # rows written before the reshaped KL existed score on the whole KL
-    return row.get("mean_kl_rest", row["mean_kl"])
 
 
 def crosscoder_findings(summary: dict[str, Any]) -> list[Finding]:

@@ -55,11 +55,14 @@ class BehaviourResult:
     rose: list[dict] = field(default_factory=list)  # token, delta_prob, delta_logprob, base_prob (corpus means)
     fell: list[dict] = field(default_factory=list)
     by_token: list[dict] = field(default_factory=list)  # token, count, mean_kl, mean_kl_rest, ft_top, base_top
-    mean_kl_rest: float = 0.0
-    """Corpus mean of the KL beyond one token's rate (see reshaped_kl)."""
+    mean_kl_rest: float | None = None
+    """Corpus mean of the KL beyond one token's rate (see reshaped_kl; None: not measured, read mean_kl)."""
+
+    def corpus_kl_rest(self) -> float:
+        return self.mean_kl if self.mean_kl_rest is None else self.mean_kl_rest
 
     def to_json(self) -> dict[str, Any]:
-        return {"n_tokens": self.n_tokens, "mean_kl": self.mean_kl, "mean_kl_rest": self.mean_kl_rest,
+        return {"n_tokens": self.n_tokens, "mean_kl": self.mean_kl, "mean_kl_rest": self.corpus_kl_rest(),
                 "max_kl": self.max_kl,
                 "top_contexts": self.contexts, "tokens_rose": self.rose, "tokens_fell": self.fell,
                 "kl_by_token": self.by_token}
@@ -70,13 +73,14 @@ class BehaviourResult:
             writer.table("audit/behaviour_contexts", {k: [c[k] for c in self.contexts]
                                                        for k in ("context", "token", "position", "kl", "base_top", "ft_top")})
         if self.by_token:
-            writer.table("audit/behaviour_by_token", {k: [t[k] for t in self.by_token]
+            rows = [{**t, "mean_kl_rest": row_kl_rest(t)} for t in self.by_token]
+            writer.table("audit/behaviour_by_token", {k: [t[k] for t in rows]
                                                        for k in ("token", "count", "mean_kl", "mean_kl_rest", "ft_top",
                                                                  "base_top")})
         tokens = self.rose + self.fell
         if tokens:
             writer.table("audit/behaviour_tokens", {k: [t[k] for t in tokens] for k in ("token", "delta_prob", "delta_logprob")})
-        writer.attrs("audit", {"mean_kl": self.mean_kl, "mean_kl_rest": self.mean_kl_rest, "max_kl": self.max_kl,
+        writer.attrs("audit", {"mean_kl": self.mean_kl, "mean_kl_rest": self.corpus_kl_rest(), "max_kl": self.max_kl,
                                "behaviour_tokens": self.n_tokens})
 
 
@@ -127,6 +131,11 @@ def paired_log_probs(base: nn.Module, ft: nn.Module, docs: list[np.ndarray], pad
         seen += int(mask.sum())
         if seen >= config.max_tokens:
             break
+
+
+def row_kl_rest(row: dict) -> float:
+    """A by-token row's mean KL beyond one token's rate (rows made without it: their whole mean KL)."""
+    return float(row.get("mean_kl_rest", row["mean_kl"]))
 
 
 def reshaped_kl(kl: torch.Tensor, logp_base: torch.Tensor, logp_ft: torch.Tensor) -> torch.Tensor:
