@@ -40,8 +40,8 @@ HEAD_MAJORITY = 0.5
 """Share of a layer's head structured energy one head must hold to be "the" head."""
 NULLS_MEASURED: dict[str, Any] = {
     "command": "mechdiff bench --suite full --seeds N, N = 0, 1, 2 (benchmarks/results/organisms/)",
-    "max_top_score": {"identical": 0.0, "fp16": 0.0, "bf16": 0.0, "lora_zero": 0.0, "continued": 0.43,
-                      "reseeded": 0.49, "benign": 0.65},
+    "max_top_score": {"identical": 0.0, "fp16": 0.0, "bf16": 0.0, "lora_zero": 0.0, "continued": 0.38,
+                      "reseeded": 0.46, "benign": 0.42},
     "pairs_per_kind": 6, "false_positives": 0,
 }
 """Top audit scores measured on the null controls, for the
