@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from mechdiff.errors import MechdiffError
+from mechdiff.interrupt import check, remembered
 
 EXIT_USAGE, EXIT_INPUT, EXIT_INTERRUPTED = 2, 3, 130
 
@@ -44,7 +45,10 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         debug = click.get_current_context().find_root().params.get("debug", False)
         try:
-            return fn(*args, **kwargs)
+            with remembered():
+                out = fn(*args, **kwargs)
+                check()  # a Ctrl-C that Python swallowed still ends the command as interrupted
+                return out
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise  # click's own usage errors keep exit code 2
         except MechdiffError as exc:

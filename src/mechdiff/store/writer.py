@@ -13,6 +13,7 @@ import numpy as np
 
 from mechdiff import __version__
 from mechdiff.errors import InputError
+from mechdiff.interrupt import interrupted
 from mechdiff.store.schema import (
     CHUNK_THRESHOLD,
     SCHEMA_VERSION,
@@ -107,10 +108,12 @@ class ResultsWriter:
         assert self._file is not None
         self._file.close()
         self._file = None
-        if exc_type is None:
+        if exc_type is None and not interrupted():
             os.replace(self.tmp_path, self.path)
-        else:
-            self.tmp_path.unlink(missing_ok=True)
+            return
+        self.tmp_path.unlink(missing_ok=True)
+        if exc_type is None:  # Ctrl-C was swallowed on the way (interrupt.py): no results file, and say so
+            raise KeyboardInterrupt
 
     @property
     def file(self) -> h5py.File:
