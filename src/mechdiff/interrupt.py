@@ -21,8 +21,8 @@ _pending = threading.Event()
 @contextlib.contextmanager
 def remembered() -> Iterator[None]:
     """While the body runs (main thread only), SIGINT raises KeyboardInterrupt as usual and is remembered."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        yield  # signals reach the main thread only; a process started to ignore Ctrl-C (nohup) keeps ignoring it
         return
 
     def handler(signum: int, frame: Any) -> None:
