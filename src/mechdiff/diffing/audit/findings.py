@@ -63,13 +63,17 @@ class Finding:
                              "latent": self.latent},
                 "tokens": self.evidence_tokens(), "evidence": self.evidence, "linked": self.linked,
                 "lens_score": self.score if self.lens_score is None else self.lens_score,
-                "lens_tokens": ordered_tokens(self.tokens if self.own_tokens is None else self.own_tokens),
+                "lens_tokens": self.named_tokens(),
                 **({} if self.causal is None else {"causal": self.causal})}
+
+    def named_tokens(self) -> list[str]:
+        """The tokens this finding's own lens named (before linked findings added theirs), in evidence order."""
+        return ordered_tokens(self.tokens if self.own_tokens is None else self.own_tokens)
 
     def ranked_tokens(self) -> list[str]:
         """Tokens by relevance: those named by the most of this finding's lenses first (the trigger and
         target a behaviour, a latent and a weight all point at), then its own in evidence order, then by name."""
-        own = ordered_tokens(self.tokens if self.own_tokens is None else self.own_tokens)
+        own = self.named_tokens()
         votes = {token: int(token in own) for token in ordered_tokens(self.tokens)}
         for link in self.linked:
             for token in link.get("tokens", []):
@@ -81,7 +85,7 @@ class Finding:
     def evidence_tokens(self) -> list[str]:
         """The tokens listed with the finding (JSON, results file): its own and those two or more of its
         lenses name, ranked; a token only a linked finding names stays under that link."""
-        own = set(ordered_tokens(self.tokens if self.own_tokens is None else self.own_tokens))
+        own = set(self.named_tokens())
         linked = [t for link in self.linked for t in link.get("tokens", [])]
         return [t for t in self.ranked_tokens() if t in own or linked.count(t) >= 2]
 
