@@ -14,11 +14,34 @@ from typing import Any
 
 from tqdm import tqdm
 
+from mechdiff.interrupt import check
+
 LOG_EVERY_S = 5.0
 """Seconds between two progress lines when stderr is not a terminal."""
 
 
-class LineBar(tqdm):
+class _Stoppable(tqdm):
+    """A bar that ends its loop on a remembered Ctrl-C (interrupt.py), at the next step it counts.
+
+    Python may swallow the KeyboardInterrupt inside a finalizer; every bar checks the remembered
+    signal, so a command stops within one step of Ctrl-C instead of running to its end.
+    """
+
+    def update(self, n: float | None = 1) -> bool | None:
+        check()
+        return super().update(n)
+
+    def __iter__(self) -> Iterator[Any]:
+        for item in super().__iter__():
+            check()
+            yield item
+
+
+class TerminalBar(_Stoppable):
+    """tqdm's own bar for an interactive terminal."""
+
+
+class LineBar(_Stoppable):
     """tqdm that writes whole lines, at most one per LOG_EVERY_S seconds, never a carriage return."""
 
     _last_line = 0.0
@@ -55,7 +78,7 @@ def new_bar(iterable: Iterable | None = None, **kwargs: Any) -> tqdm:
     """A progress bar on stderr (tqdm's arguments): a tqdm bar on a terminal, else a `LineBar`."""
     kwargs.setdefault("file", sys.stderr)
     if is_terminal(kwargs["file"]):
-        return tqdm(iterable, **kwargs)
+        return TerminalBar(iterable, **kwargs)
     kwargs.pop("dynamic_ncols", None)
     return LineBar(iterable, **kwargs)
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import signal
 import sys
 
 import pytest
 
 from mechdiff.interrupt import interrupted, remembered
+from mechdiff.progress import new_bar
 from mechdiff.store.writer import ResultsWriter
 
 
@@ -55,3 +57,20 @@ def test_a_process_that_ignores_ctrl_c_keeps_ignoring_it(tmp_path):
             assert not interrupted()
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_a_swallowed_ctrl_c_stops_the_next_progress_step(monkeypatch, python_sigint, terminal):
+    """Every progress bar checks the remembered signal, so a command stops within one step, not at its end."""
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: None)
+    monkeypatch.setattr("mechdiff.progress.is_terminal", lambda stream: terminal)
+    done = []
+    with remembered():
+        bar = new_bar(total=5, file=io.StringIO())
+        bar.update()  # no Ctrl-C yet: counts as usual
+        _SignalInFinalizer()
+        with pytest.raises(KeyboardInterrupt):
+            bar.update()
+        with pytest.raises(KeyboardInterrupt):
+            done.extend(new_bar(range(5), file=io.StringIO()))
+    assert done == [] and bar.n == 1  # neither loop did a step after the signal
