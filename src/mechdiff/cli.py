@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from mechdiff.diffing.crosscoder.config import PRECISIONS as CROSSCODER_PRECISIONS
 from mechdiff.errors import MechdiffError
 from mechdiff.interrupt import check, remembered
 
@@ -100,6 +101,14 @@ def run_options(dtype_help: str) -> Callable[[Callable[..., Any]], Callable[...,
 
 
 model_options = run_options("dtype the models run in.")
+PRECISIONS = click.Choice(list(CROSSCODER_PRECISIONS))
+
+
+def precision_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--precision of crosscoder training, shared by the commands that train one (crosscoder, audit)."""
+    return click.option("--precision", type=PRECISIONS, default="auto", show_default=True,
+                        help="Crosscoder training arithmetic: fp32, tf32 (CUDA), bf16 (autocast; float32 weights) or "
+                             "auto = bf16 with --dtype bfloat16, else tf32 on a GPU that has it, else fp32.")(fn)
 
 
 def make_checkpointing(checkpoint_dir: str | None, checkpoint_every: int, resume: bool) -> Any:
@@ -192,14 +201,15 @@ def show(results: str, top: int | None, as_json: bool) -> None:
 @click.option("--neutral-tokens", type=click.IntRange(1), default=10_000, show_default=True,
               help="Without --data: tokens sampled from BASE (seeded) for the lenses that run both models.")
 @model_options
+@precision_option
 @click.option("--top", type=click.IntRange(1), default=None, help="Findings shown (default 10) / emitted (all).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 @handle_errors
 def audit(base: str, ft: str | None, data: str | None, adapter: str | None, out: str | None, report: str | None,
           fail_above: float | None, layer: int | None, no_crosscoder: bool, component_globs: tuple[str, ...],
-          components_steps: int, neutral_tokens: int, device: str, seed: int, dtype: str, top: int | None,
-          as_json: bool, no_progress: bool) -> None:
+          components_steps: int, neutral_tokens: int, device: str, seed: int, dtype: str, precision: str,
+          top: int | None, as_json: bool, no_progress: bool) -> None:
     """Audit FT against BASE: every lens that applies, ranked findings, a verdict (exit 1 above --fail-above)."""
     from mechdiff.api import audit_checkpoints
     from mechdiff.diffing.audit.run_options import audit_config
@@ -207,7 +217,8 @@ def audit(base: str, ft: str | None, data: str | None, adapter: str | None, out:
 
     if (ft is None) == (adapter is None):
         raise click.UsageError("give either FT or --adapter DIR (not both, not neither)")
-    config = audit_config(device, seed=seed, dtype=dtype, crosscoder=not no_crosscoder, crosscoder_layer=layer,
+    config = audit_config(device, seed=seed, dtype=dtype, precision=precision, crosscoder=not no_crosscoder,
+                          crosscoder_layer=layer,
                           components=component_globs, components_steps=components_steps, fail_above=fail_above,
                           neutral=NeutralConfig(tokens=neutral_tokens))
     result = audit_checkpoints(base, ft, data=data, adapter=adapter, out=out, report=report, config=config,
@@ -262,19 +273,21 @@ def lens(name: str, base: str, ft: str, data: str | None, out: str | None, layer
 @click.option("--sparsity", type=click.Choice(["batchtopk", "l1"]), default="batchtopk", show_default=True)
 @click.option("--tokens", type=click.IntRange(1), default=None, help="Training rows (token positions).")
 @model_options
+@precision_option
 @checkpoint_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 @handle_errors
 def crosscoder(base: str, ft: str, data: str, layer: int, site: str, out: str | None, dict_size: int | None,
-               k: int | None, sparsity: str, tokens: int | None, device: str, seed: int, dtype: str,
-               checkpoint_dir: str | None,
-               checkpoint_every: int, resume: bool, as_json: bool, no_progress: bool) -> None:
+               k: int | None, sparsity: str, tokens: int | None, device: str, seed: int, dtype: str, precision: str,
+               checkpoint_dir: str | None, checkpoint_every: int, resume: bool, as_json: bool,
+               no_progress: bool) -> None:
     """Train a crosscoder on paired activations of BASE and FT; classify latents as new / gone / shared."""
     from mechdiff.api import train_crosscoder_pair
 
     checkpointing = make_checkpointing(checkpoint_dir, checkpoint_every, resume)
-    options = {"dict_size": dict_size, "k": k, "sparsity": sparsity, "tokens": tokens, "seed": seed}
+    options = {"dict_size": dict_size, "k": k, "sparsity": sparsity, "tokens": tokens, "seed": seed,
+               "precision": precision}
     summary = train_crosscoder_pair(base, ft, data, layer, site=site, out=out, options=options, device=device,
                                     dtype=dtype, checkpointing=checkpointing, progress=not no_progress)
     if summary is None:  # torchrun ranks other than 0

@@ -90,7 +90,8 @@ def save_training(directory: str | Path, step: int, *, modules: Mapping[str, tor
 
 
 def restore_training(directory: str | Path, *, modules: Mapping[str, torch.nn.Module],
-                     optimizer: torch.optim.Optimizer, config: dict[str, Any], what: str) -> Restored | None:
+                     optimizer: torch.optim.Optimizer, config: dict[str, Any], what: str,
+                     added_fields: Mapping[str, Any] | None = None) -> Restored | None:
     """Load the newest checkpoint in ``directory`` into ``modules`` and ``optimizer``; None when there is none.
 
     Args:
@@ -98,16 +99,21 @@ def restore_training(directory: str | Path, *, modules: Mapping[str, torch.nn.Mo
         modules, optimizer: as given to :func:`save_training`; loaded in place.
         config: the resuming run's configuration as JSON.
         what: the trainer's name for the error message ("crosscoder", "SPD").
+        added_fields: config fields added since older checkpoints were written, with the value
+            those checkpoints ran under (a checkpoint lacking the field compares as that value).
 
     Raises:
-        InputError: the checkpoint was written with a different configuration.
+        InputError: the checkpoint was written with a different configuration (the message
+            names the fields that differ).
     """
     folder = latest_checkpoint(directory)
     if folder is None:
         return None
     flat, meta = read_checkpoint(folder)
-    if meta.get("config") != config:
-        raise InputError(f"checkpoint {folder} was written with a different {what} config; "
+    saved = {**(added_fields or {}), **(meta.get("config") or {})}
+    if saved != config:
+        raise InputError(f"checkpoint {folder} was written with a different {what} config "
+                         f"({_config_difference(saved, config)}); "
                          "resume with the same options or use a fresh checkpoint directory")
     for name, module in modules.items():
         prefix = f"{name}."
@@ -117,6 +123,11 @@ def restore_training(directory: str | Path, *, modules: Mapping[str, torch.nn.Mo
     extra = {k: v for k, v in flat.items() if not k.startswith(owned)}
     rest = {k: v for k, v in meta.items() if k not in ("config", "optimizer", "step")}
     return Restored(int(meta["step"]), extra, rest)
+
+
+def _config_difference(saved: dict[str, Any], now: dict[str, Any]) -> str:
+    keys = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    return ", ".join(f"{k}: {saved.get(k)!r} there, {now.get(k)!r} now" for k in keys[:3])
 
 
 def write_checkpoint(directory: str | Path, step: int, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:

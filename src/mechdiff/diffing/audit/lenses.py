@@ -158,7 +158,7 @@ def run_model_lenses(base: str | os.PathLike, ft: str | os.PathLike, data: str |
         model_config = read_config(resolve_model(base)) or {}
         layer = config.crosscoder_layer if config.crosscoder_layer is not None else _middle_layer(model_config)
         cc_config = audit_crosscoder_config(hidden_size(model_config), approx_tokens(texts),
-                                            {"seed": config.seed, **config.crosscoder_options})
+                                            _crosscoder_overrides(config))
         crosscoder = crosscoder_on_models(base_model, ft_model, (base_tok, ft_tok), texts, layer, cc_config,
                                           device=device, progress=progress, ctx=ctx)
     if not ctx.is_main:
@@ -213,6 +213,15 @@ def hidden_size(model_config: dict) -> int:
 
 def approx_tokens(texts: list[str]) -> int:
     return int(1.3 * sum(len(t.split()) for t in texts))
+
+
+def _crosscoder_overrides(config: AuditConfig) -> dict:
+    """The audit's seed and options; precision 'auto' follows the models' dtype (bf16 models: bf16 autocast)."""
+    from mechdiff.diffing.crosscoder.precision import requested_precision
+
+    options = {"seed": config.seed, **config.crosscoder_options}
+    options["precision"] = requested_precision(options.get("precision", "auto"), config.dtype)
+    return options
 
 
 def audit_crosscoder_config(d_model: int, corpus_tokens: int, overrides: dict | None = None) -> object:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 SPARSITIES = ("batchtopk", "l1")
+PRECISIONS = ("auto", "fp32", "tf32", "bf16")  # see mechdiff.diffing.crosscoder.precision
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,9 @@ class CrosscoderConfig:
     """Initial norm of every latent's decoder vector in each model; encoder starts as its transpose."""
     seed: int = 0
     """Seed for initialization and data order (same seed and data give the same run)."""
+    precision: str = "auto"
+    """Training arithmetic: 'fp32', 'tf32' (CUDA), 'bf16' (autocast forward, float32 weights and
+    Adam state) or 'auto' (tf32 on a GPU that has it, else fp32). A trained run records the one it used."""
 
     def __post_init__(self) -> None:
         _require(self.dict_size > 0, "dict_size must be positive")
@@ -61,6 +65,7 @@ class CrosscoderConfig:
         _require(self.dead_after_tokens > 0, "dead_after_tokens must be positive")
         _require(0 <= self.threshold_momentum < 1, "threshold_momentum must be in [0, 1)")
         _require(self.dec_init_norm > 0, "dec_init_norm must be > 0")
+        _require(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 
     @property
     def steps(self) -> int:

@@ -68,6 +68,9 @@ def sparse_encode_values(pre_values: torch.Tensor, indices: torch.Tensor, offset
         x: [B, D_in] encoder input; w_enc: [F, D_in]; b_enc: [F] (parameters).
 
     Returns:
-        [nnz] the same values, differentiable w.r.t. w_enc and b_enc.
+        [nnz] the same values in the parameters' dtype, differentiable w.r.t. w_enc and b_enc.
+        Under bf16 autocast the pre-activations arrive in bf16: they are cast up here, so the
+        gradient that reaches the float32 encoder is computed in float32, not rounded to bf16.
     """
-    return _SparseEncode.apply(pre_values, indices, offsets, x, w_enc, b_enc)
+    dtype = w_enc.dtype
+    return _SparseEncode.apply(pre_values.to(dtype), indices, offsets, x.to(dtype), w_enc, b_enc)

@@ -7,6 +7,7 @@ is the same analysis for activations you already have.
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from mechdiff.diffing.crosscoder.contexts import context_text
 from mechdiff.diffing.crosscoder.eval import CrosscoderEval, evaluate_crosscoder
 from mechdiff.diffing.crosscoder.metrics import BASE_ONLY_MAX, FT_ONLY_MIN, SHARED_RANGE
 from mechdiff.diffing.crosscoder.module import CrossCoder
+from mechdiff.diffing.crosscoder.precision import check_precision, requested_precision
 from mechdiff.diffing.crosscoder.shards import globalize, shard_corpus
 from mechdiff.diffing.crosscoder.summary import summary_json
 from mechdiff.diffing.crosscoder.train import train_crosscoder
@@ -176,20 +178,26 @@ def run_crosscoder(base_dir: str | Path, ft_dir: str | Path, data_file: str | Pa
         config: crosscoder configuration (default CrosscoderConfig()); ``config.tokens`` training rows.
         site_kind: 'resid' (block output), 'mlp' or 'attn'.
         activations: collection settings (default: up to config.tokens rows, memory or a temp cache).
-        device: where the models run and the crosscoder trains.
+        device: where the models run and the crosscoder trains (``config.precision`` is resolved for it).
         top_n: contexts kept per latent.
         checkpointing: save the training every N steps / continue a saved run.
         progress: progress bars on stderr.
         ctx: the distributed context: under torchrun each rank collects activations of
             every world-th document (its share of config.tokens), training is data-parallel
             and the evaluation is reduced over ranks (see `crosscoder_shards`, `train_step`).
+        dtype: dtype the models run in; with ``config.precision`` 'auto', bfloat16 models
+            also train the crosscoder under bf16 autocast (see `precision.requested_precision`).
 
     Returns:
         The result (the same on every rank); ``result.write(writer)`` stores it, ``result.to_json()`` summarises it.
 
     Raises:
         InputError: unreadable models or data, tokenizer mismatch, layer out of range.
+        UsageError: a precision the device cannot run (tf32 off CUDA, bf16 on a GPU without it).
     """
+    config = config or CrosscoderConfig()
+    config = dataclasses.replace(config, precision=requested_precision(config.precision, dtype))
+    check_precision(config.precision, device)  # refuse before the models load, not after collection
     texts = read_texts(data_file)
     base, ft, base_tok, ft_tok = load_model_pair(base_dir, ft_dir, device, progress=progress, dtype=dtype)
     return crosscoder_on_models(base, ft, (base_tok, ft_tok), texts, layer, config, site_kind=site_kind,
@@ -226,5 +234,6 @@ def crosscoder_on_models(base: Any, ft: Any, tokenizers: tuple[Any, Any], texts:
         data = globalize(data, doc_ids, act_config.scale_sample_rows, ctx)
         trained = train_crosscoder(data, config, checkpointing=checkpointing, progress=progress, ctx=ctx,
                                    device=device)
+        config = dataclasses.replace(config, precision=trained.precision)  # the results record what ran
         return analyze_crosscoder(trained.module, data, config, site=site.describe(), decode=base_tok.decode,
                                   top_n=top_n, history=trained.state.history, progress=progress, ctx=ctx)

@@ -7,6 +7,7 @@ resuming; :func:`train_crosscoder` only wires them together.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from collections.abc import Callable, Iterator
@@ -18,6 +19,11 @@ from tqdm import tqdm
 
 from mechdiff.diffing.crosscoder.config import CrosscoderConfig
 from mechdiff.diffing.crosscoder.module import CrossCoder, SparseCode
+from mechdiff.diffing.crosscoder.precision import (
+    autocast,
+    matmul_scope,
+    resolve_precision,
+)
 from mechdiff.distributed import (
     SINGLE,
     DistContext,
@@ -123,10 +129,11 @@ def train_step(
     for group in optimizer.param_groups:
         group["lr"] = lr_schedule(config).at(state.step)
     optimizer.zero_grad(set_to_none=True)
-    if config.sparsity == "batchtopk":
-        loss, recon_BMD, code = _batchtopk_loss(module, x_BMD, state, config)
-    else:
-        loss, recon_BMD, code = _l1_loss(module, x_BMD, l1_weight_at(state.step, config))
+    with autocast(config.precision, str(x_BMD.device)):  # bf16: the forward only; backward runs outside
+        if config.sparsity == "batchtopk":
+            loss, recon_BMD, code = _batchtopk_loss(module, x_BMD, state, config)
+        else:
+            loss, recon_BMD, code = _l1_loss(module, x_BMD, l1_weight_at(state.step, config))
     loss.backward()
     average_gradients(ctx, list(module.parameters()))
     optimizer.step()
@@ -221,6 +228,8 @@ class TrainResult:
     """The trained crosscoder (eval mode, input scale set)."""
     state: TrainState
     """Final training state (step count, dead-latent counters, logged history)."""
+    precision: str = "fp32"
+    """The precision the run trained in ('auto' resolved for its device: fp32, tf32 or bf16)."""
 
 
 def train_crosscoder(
@@ -247,12 +256,18 @@ def train_crosscoder(
             the data with config.batch / world rows per step (see `train_step`); rank 0
             alone writes checkpoints, and every rank resumes from them.
         device: where the crosscoder trains ("cpu", "cuda", "cuda:N"); batches are moved
-            there one at a time. The returned module is back on the CPU.
+            there one at a time. The returned module is back on the CPU. ``config.precision``
+            is resolved for it (see `precision`); the CUDA matmul mode is set for this call only.
 
     Returns:
-        The trained module and final state; the same seed, data and config give
-        the same weights whether or not the run was interrupted and resumed.
+        The trained module, final state and resolved precision; the same seed, data and
+        config give the same weights whether or not the run was interrupted and resumed.
+
+    Raises:
+        UsageError: a precision the device cannot run (tf32 off CUDA, bf16 on a GPU without it).
+        InputError: resuming a checkpoint written under another config (precision included).
     """
+    config = dataclasses.replace(config, precision=resolve_precision(config.precision, device))
     local_batch = _local_batch(config.batch, ctx)
     torch.manual_seed(config.seed)
     module = CrossCoder.from_config(config, data.n_models, data.d_model).to(device)  # init on CPU: same weights
@@ -266,8 +281,8 @@ def train_crosscoder(
     end = config.steps if checkpointing is None else checkpointing.last_step(config.steps)
     batches = data.iter_batches(local_batch, config.seed + RANK_SEED_STRIDE * ctx.rank, start_step=state.step)
     module.train()
-    with new_bar(total=end, initial=state.step, unit="step", desc="crosscoder", disable=not (progress and ctx.is_main),
-              file=sys.stderr) as bar:
+    with matmul_scope(config.precision), new_bar(total=end, initial=state.step, unit="step", desc="crosscoder",
+                                                 disable=not (progress and ctx.is_main), file=sys.stderr) as bar:
         while state.step < end:
             stats = train_step(module, optimizer, module.normalize(next(batches).to(device)), state, config, ctx)
             _log(state, stats, log_every, bar)
@@ -277,7 +292,7 @@ def train_crosscoder(
                 _save(checkpointing, module, optimizer, state, config, ctx)
     module.eval()
     state.rows_since_fired = state.rows_since_fired.cpu()
-    return TrainResult(module.cpu(), state)
+    return TrainResult(module.cpu(), state, config.precision)
 
 
 def _local_batch(batch: int, ctx: DistContext) -> int:
@@ -299,8 +314,9 @@ def _save(checkpointing: Checkpointing, module: CrossCoder, optimizer: torch.opt
 
 def _restore(checkpointing: Checkpointing, module: CrossCoder, optimizer: torch.optim.Optimizer,
              config: CrosscoderConfig) -> TrainState | None:
+    # checkpoints written before the precision field existed trained in fp32
     restored = restore_training(checkpointing.directory, modules={"module": module}, optimizer=optimizer,
-                                config=config.to_dict(), what="crosscoder")
+                                config=config.to_dict(), what="crosscoder", added_fields={"precision": "fp32"})
     if restored is None:
         return None
     return TrainState(step=restored.step, rows_since_fired=restored.tensors["state.rows_since_fired"],
