@@ -6,13 +6,16 @@
 #    the spectra on cuda against cpu);
 # 3. benchmarks/bench_gpu.py: each kernel checked against its reference at real size,
 #    then timed against torch on the same GPU; 4. `mechdiff demo` with the GPU visible;
-# 5. the whole test suite with the GPU visible ("auto" devices pick it).
+# 5. the whole test suite with the GPU visible ("auto" devices pick it);
+# 6. crosscoder: our trainer vs a dense torch crosscoder at dict 16384/65536/131072, d 2304,
+#    batch 4096, k 100 in fp32/TF32/bf16 (benchmarks/bench_crosscoder.py --device cuda; the same
+#    script runs on a CPU with --device cpu --tiny, tested in CI).
 # GPU_STEPS picks steps (default: all). Wheels in .whl/ are installed first, over the
 # image's own: its numba-cuda 0.30.4 cannot compile a kernel under its numpy 2.5
 # (numpy dropped np.row_stack), so carry numpy 2.4 there (see the issue 4 notes).
 set -u
 OUT=${OUT:-gpu-out}
-GPU_STEPS=${GPU_STEPS:-tests bench demo suite}
+GPU_STEPS=${GPU_STEPS:-tests bench crosscoder demo suite}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 step() { echo "== $1 ($(date +%T))"; }
@@ -45,6 +48,13 @@ if wanted bench; then
 step "gpu benchmarks"
 timeout 150 python3 benchmarks/run.py --only gpu --json >"$OUT/gpu_bench.json" 2>"$OUT/gpu_bench.err"
 echo "gpu bench rc=$?"; tail -3 "$OUT/gpu_bench.err"
+fi
+
+if wanted crosscoder; then
+step "crosscoder training rows"
+timeout 300 python3 benchmarks/bench_crosscoder.py --device cuda --json >"$OUT/crosscoder_gpu.json" \
+  2>"$OUT/crosscoder_gpu.err"
+echo "crosscoder bench rc=$?"; tail -3 "$OUT/crosscoder_gpu.err"
 fi
 
 if wanted demo; then
