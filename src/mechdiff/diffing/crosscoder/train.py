@@ -115,6 +115,10 @@ def train_step(
     counters and the threshold's batch minimum are reduced over ranks, so every rank keeps
     the same dead-latent set and threshold.
 
+    ``config.precision`` 'bf16' runs the forward under bf16 autocast (backward and optimizer
+    outside it, in float32); the float32 matmul mode (TF32 or IEEE) is the caller's to set,
+    as `train_crosscoder` does with `precision.matmul_scope`.
+
     Args:
         module: the crosscoder being trained.
         optimizer: its optimizer (learning rate is set here from the schedule).
