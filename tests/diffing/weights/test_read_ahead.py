@@ -161,3 +161,16 @@ def test_ctrl_c_while_waiting_for_a_slow_read_ends_the_diff(planted, monkeypatch
         signal.signal(signal.SIGINT, previous)
         release.set()
     assert not [t for t in threading.enumerate() if t.name.startswith("mechdiff-ahead") and t.is_alive()]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_read_ahead_and_device_statistics_match_the_host_path(planted, tmp_path):
+    host_result, host = _run(planted, tmp_path, "host", read_ahead=False, device_statistics=False)
+    fingerprint._DIGESTS.clear()
+    out = tmp_path / "cuda.h5"
+    cuda_result = diff_checkpoints(*planted, out=out, config=DiffConfig(device="cuda", **STREAM_SMALL), progress=False)
+    assert _fingerprints(h5py.File(out, "r")) == _fingerprints(host)
+    for a, b in zip(cuda_result.changes, host_result.changes, strict=True):
+        assert (a.tensor, a.rank, a.nan_ft, a.max_abs_delta) == (b.tensor, b.rank, b.nan_ft, b.max_abs_delta)
+        assert a.norm_delta == pytest.approx(b.norm_delta, rel=1e-9) and a.score == pytest.approx(b.score, rel=1e-3)
