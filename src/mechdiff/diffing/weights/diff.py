@@ -172,7 +172,7 @@ def _analyze_read(read: ReadPair, base: TensorSource, ft: TensorSource, layout: 
                   config: DiffConfig, device: torch.device, workspace: DeltaWorkspace,
                   progress: Callable[[TensorPair], None] | None) -> tuple[TensorChange, list, list[str]]:
     if read.device is None:  # a pair too large to hold: it reads itself in row blocks
-        item = _analyze_streamed(base, ft, read.pair, readout, config, device)
+        item = _analyze_streamed(base, ft, read.pair, readout, config, device, workspace.device is not None)
     else:
         item = _analyze_pair(*read.device, read.pair, layout, readout, config, device, workspace)
     if progress:
@@ -279,22 +279,36 @@ def _streams(base: TensorSource, ft: TensorSource, pair: TensorPair, config: Dif
 
 
 def _analyze_streamed(base: TensorSource, ft: TensorSource, pair: TensorPair, readout: ReadoutMatrices,
-                      config: DiffConfig, device: torch.device) -> tuple[TensorChange, list, list[str]]:
-    """`_analyze_pair` for a large plain matrix, in row blocks (see streamed.py): no heads, no router."""
+                      config: DiffConfig, device: torch.device, on_device: bool) -> tuple[TensorChange, list, list[str]]:
+    """`_analyze_pair` for a large plain matrix, in row blocks (see streamed.py): no heads, no router.
+
+    With statistics on a GPU that has room for D, D is gathered there block by block (the
+    host still holds one block) and the spectrum runs on it whole.
+    """
     streamed = StreamedPair(base, ft, pair, _mib(config.block_mb))
     try:
         embedding = pair.info.kind in ("embed", "unembed")
-        stats, row_norms = streamed.statistics(config.n_bins, row_norms=embedding)
+        whole = torch.empty(streamed.shape, device=device) if on_device and _fits(device, streamed.shape) else None
+        stats, row_norms = streamed.statistics(config.n_bins, row_norms=embedding, on=whole)
         change = _change_from_stats(pair, stats)
         if stats.sum_d2 == 0.0:
             return change, [], []
-        spectrum = analyze_delta(streamed.delta(device), base_norm=stats.norm_base, config=config.spectral,
-                                 frob2=stats.sum_d2)
+        delta = whole if whole is not None else streamed.delta(device)
+        spectrum = analyze_delta(delta, base_norm=stats.norm_base, config=config.spectral, frob2=stats.sum_d2)
     finally:
         streamed.close()
     _fill_spectral(change, spectrum, readout, pair.info.kind, config)
     moved = readout.moved_from_norms(row_norms, config.readout_tokens) if embedding else []
     return change, [], moved
+
+
+def _fits(device: torch.device, shape: tuple[int, int]) -> bool:
+    """Whether a float32 matrix of `shape` takes under a quarter of the GPU's free memory
+    (the sketch's bases and the next pair's tensors need room beside it)."""
+    if device.type != "cuda":
+        return False  # on the host, streaming is what keeps memory O(block)
+    free, _ = torch.cuda.mem_get_info(device)
+    return 4 * math.prod(shape) * 4 < free
 
 
 def _change_from_stats(pair: TensorPair, stats: DeltaStats) -> TensorChange:
