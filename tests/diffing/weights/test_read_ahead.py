@@ -15,7 +15,7 @@ from ckpt_builders import LLAMA_CONFIG, drift, llama_state, low_rank, save_folde
 from click.testing import CliRunner
 
 from mechdiff.api import diff_checkpoints
-from mechdiff.checkpoint import fingerprint
+from mechdiff.checkpoint import fingerprint, open_source
 from mechdiff.cli import main
 from mechdiff.diffing.weights import diff as diff_module
 from mechdiff.diffing.weights.diff import DiffConfig
@@ -174,3 +174,12 @@ def test_cuda_read_ahead_and_device_statistics_match_the_host_path(planted, tmp_
     for a, b in zip(cuda_result.changes, host_result.changes, strict=True):
         assert (a.tensor, a.rank, a.nan_ft, a.max_abs_delta) == (b.tensor, b.rank, b.nan_ft, b.max_abs_delta)
         assert a.norm_delta == pytest.approx(b.norm_delta, rel=1e-9) and a.score == pytest.approx(b.score, rel=1e-3)
+
+
+def test_a_stream_of_no_pairs_reads_nothing(planted):
+    from mechdiff.diffing.weights.reading import PairStream
+
+    base, ft = open_source(planted[0]), open_source(planted[1])
+    for ahead in (False, True):
+        with PairStream(base, ft, [], lambda p: False, None, ahead) as stream:
+            assert list(stream) == []

@@ -171,10 +171,10 @@ def diff_sources(
 def _analyze_read(read: ReadPair, base: TensorSource, ft: TensorSource, layout: Layout, readout: ReadoutMatrices,
                   config: DiffConfig, device: torch.device, workspace: DeltaWorkspace,
                   progress: Callable[[TensorPair], None] | None) -> tuple[TensorChange, list, list[str]]:
-    if read.device is None:  # a pair too large to hold: it reads itself in row blocks
+    if read.tensors is None:  # a pair too large to hold: it reads itself in row blocks
         item = _analyze_streamed(base, ft, read.pair, readout, config, device, workspace.device is not None)
     else:
-        item = _analyze_pair(*read.device, read.pair, layout, readout, config, device, workspace)
+        item = _analyze_pair(*read.tensors, read.pair, layout, readout, config, device, workspace)
     if progress:
         progress(read.pair)
     return item

@@ -129,10 +129,9 @@ class ReadPair:
     """One pair as the analysis gets it."""
 
     pair: TensorPair
-    host: tuple[torch.Tensor, torch.Tensor] | None
-    """Base and ft as read (views of a reader's buffers); None for a pair that reads itself (streamed)."""
-    device: tuple[torch.Tensor, torch.Tensor] | None
-    """The same tensors on the analysis device (`host` itself where that is the CPU or not asked for)."""
+    tensors: tuple[torch.Tensor, torch.Tensor] | None
+    """Base and ft on the analysis device (on the host: views of a reader's buffers, valid until
+    the next pair is taken); None for a pair that reads itself (streamed)."""
 
 
 class PairStream:
@@ -147,14 +146,14 @@ class PairStream:
     Args:
         base, ft: the checkpoints.
         pairs: the pairs in analysis order.
-        skip: pairs not read here (yielded with host None: the analysis reads them itself).
-        device: where `ReadPair.device` lives (None: host tensors only).
+        skip: pairs not read here (yielded with tensors None: the analysis reads them itself).
+        device: where `ReadPair.tensors` live (None: the host).
         ahead: read one pair ahead in a thread.
     """
 
     def __init__(self, base: TensorSource, ft: TensorSource, pairs: list[TensorPair],
                  skip: Callable[[TensorPair], bool], device: torch.device | None, ahead: bool) -> None:
-        self.pairs, self.skip, self.device, self.ahead = pairs, skip, device, ahead
+        self.pairs, self.skip, self.device = pairs, skip, device
         cuda = device is not None and device.type == "cuda"
         self.readers = [PairReader(base, ft, pinned=cuda and ahead) for _ in range(2 if ahead else 1)]
         if ahead:
@@ -182,8 +181,9 @@ class PairStream:
             for pair in self.pairs:
                 yield self._read(pair, 0)
             return
-        pending: Future | None = self._submit(0)
+        pending = self._submit(0) if self.pairs else None
         for k in range(len(self.pairs)):
+            assert pending is not None
             current = pending.result()  # re-raises the reading thread's error here, at pair k
             pending = self._submit(k + 1) if k + 1 < len(self.pairs) else None
             self._adopt(current)
@@ -195,19 +195,19 @@ class PairStream:
 
     def _read(self, pair: TensorPair, slot: int) -> ReadPair:
         if self.skip(pair):
-            return ReadPair(pair, None, None)
+            return ReadPair(pair, None)
         host = self.readers[slot].read(pair)
         if self.device is None or self.device.type != "cuda":
-            return ReadPair(pair, host, host)
+            return ReadPair(pair, host)
         if self._side is None:
-            return ReadPair(pair, host, (host[0].to(self.device), host[1].to(self.device)))
+            return ReadPair(pair, (host[0].to(self.device), host[1].to(self.device)))
         with torch.cuda.stream(self._side):
             device = (host[0].to(self.device, non_blocking=True), host[1].to(self.device, non_blocking=True))
         self._side.synchronize()  # the copies are done: the pinned buffer may be read into again
-        return ReadPair(pair, host, device)
+        return ReadPair(pair, device)
 
     def _adopt(self, read: ReadPair) -> None:
         """Tensors made on the side stream are used on the current one (the caching allocator must know)."""
-        if self._side is not None and read.device is not None:
-            for t in read.device:
+        if self._side is not None and read.tensors is not None:
+            for t in read.tensors:
                 t.record_stream(torch.cuda.current_stream(self.device))
