@@ -37,9 +37,18 @@ def pair(tmp_path_factory):
 
 
 def _start(base, ft, out):
+    """The diff as started from a terminal, where Ctrl-C reaches it.
+
+    A job started in the background (CI, `make test &`) ignores SIGINT and its children inherit that;
+    a Python handler in this process becomes the default action in the child after exec.
+    """
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "mechdiff", "diff", str(base), str(ft), "-o", str(out), *SLOW],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen([sys.executable, "-m", "mechdiff", "diff", str(base), str(ft), "-o", str(out), *SLOW],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def _wait_until_diffing(proc, timeout=120.0):
