@@ -10,7 +10,9 @@
 # 6. crosscoder: our trainer vs a dense torch crosscoder at dict 16384/65536/131072, d 2304,
 #    batch 4096, k 100 in fp32/TF32/bf16 (benchmarks/bench_crosscoder.py --device cuda; the same
 #    script runs on a CPU with --device cpu --tiny, tested in CI).
-# GPU_STEPS picks steps (default: all). Wheels in .whl/ are installed first, over the
+# 7. (only when asked: GPU_STEPS="... diff") the weight diff's GPU rows of issue 19 on the
+#    3.2B- and 8B-shaped pairs in /dev/shm (DIFF_SIZES; building the pairs takes minutes).
+# GPU_STEPS picks steps (default: all but diff). Wheels in .whl/ are installed first, over the
 # image's own: its numba-cuda 0.30.4 cannot compile a kernel under its numpy 2.5
 # (numpy dropped np.row_stack), so carry numpy 2.4 there (see the issue 4 notes).
 set -u
@@ -61,6 +63,13 @@ if wanted demo; then
 step demo
 timeout 90 python3 -m mechdiff demo -o "$OUT/demo" >"$OUT/demo.txt" 2>&1
 echo "demo rc=$?"; tail -3 "$OUT/demo.txt"; rm -rf "$OUT/demo"
+fi
+
+if wanted diff; then
+step "weight diff on the gpu"
+timeout "${DIFF_TIMEOUT:-540}" python3 benchmarks/bench_diff.py --device cuda --sizes "${DIFF_SIZES:-3.2B,8B}" \
+  --root /dev/shm/mechdiff-pairs --json >"$OUT/diff_gpu.json" 2>"$OUT/diff_gpu.err"
+echo "diff gpu rc=$?"; tail -3 "$OUT/diff_gpu.err"; rm -rf /dev/shm/mechdiff-pairs
 fi
 
 if wanted suite; then

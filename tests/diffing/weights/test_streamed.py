@@ -142,3 +142,26 @@ def test_deferred_readouts_through_a_row_table_equal_the_loaded_ones(tmp_path, m
     _, expected_out = loaded.tokens_for("mlp_out", U, V, 2, 4)
     assert targets[0].tokens_in == expected_in and "#42" in expected_in
     assert targets[1].tokens_out == expected_out and expected_out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_streamed_pairs_gathered_on_the_device_equal_the_whole_matrix_diff(tmp_path, dtype, monkeypatch):
+    # the GPU path forced onto the CPU: row blocks read on the host, D gathered whole on the
+    # "device" by the torch statistics, the spectrum run on it whole
+    from mechdiff.checkpoint import fingerprint
+    from mechdiff.diffing.weights import diff as diff_module
+
+    base, ft = _pair(tmp_path, dtype, nonfinite=True)
+    whole = diff_checkpoints(base, ft, config=WHOLE, progress=False)
+    monkeypatch.setattr(diff_module, "_fits", lambda device, shape: True)
+    fingerprint._DIGESTS.clear()
+    config = DiffConfig(stream_above_mb=1e-6, block_mb=1e-6, device_statistics=True, read_ahead=True)
+    gathered = diff_checkpoints(base, ft, config=config, progress=False)
+    assert [c.tensor for c in gathered.changes] == [c.tensor for c in whole.changes]
+    for w, g in zip(whole.changes, gathered.changes, strict=True):
+        assert (g.rank, g.tokens_in, g.tokens_out, g.n_intruders) == (w.rank, w.tokens_in, w.tokens_out, w.n_intruders)
+        assert (g.nan_ft, g.inf_ft, g.inf_base, g.max_abs_delta) == (w.nan_ft, w.inf_ft, w.inf_base, w.max_abs_delta)
+        assert g.score == pytest.approx(w.score, rel=1e-5) and g.rel_delta == pytest.approx(w.rel_delta, rel=1e-12)
+    assert gathered.moved_tokens == whole.moved_tokens
+    source = open_source(base)
+    assert known_digests(source, [EMBED]) == {EMBED: tensor_bytes_digest(source.get(EMBED))}

@@ -5,18 +5,23 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from mechdiff.checkpoint.fingerprint import known_digests, note_read, remember_digests
+from mechdiff.checkpoint.fingerprint import known_digests, remember_digests
 from mechdiff.checkpoint.layout import HeadGeometry, Layout, TensorInfo
 from mechdiff.checkpoint.pairing import Pairing, TensorPair, pair_sources
-from mechdiff.checkpoint.sources import TORCH_DTYPES, TensorSource, read_tensor
+from mechdiff.checkpoint.sources import TORCH_DTYPES, TensorSource
 from mechdiff.diffing.weights.experts import routing_change
 from mechdiff.diffing.weights.heads import HeadChange, HeadSlice, head_slices
+from mechdiff.diffing.weights.reading import (
+    NATIVE_DTYPES,
+    PairReader,
+    PairStream,
+    ReadPair,
+)
 from mechdiff.diffing.weights.readout import ReadoutMatrices, RowTable, Vocabulary
 from mechdiff.diffing.weights.result import TensorChange, WeightDiff
 from mechdiff.diffing.weights.streamed import StreamedPair, should_stream
@@ -28,6 +33,7 @@ from mechdiff.distributed import (
     shard_by_size,
 )
 from mechdiff.kernels import DeltaStats, delta_stats
+from mechdiff.kernels.delta_torch import delta_stats_torch
 from mechdiff.weightdecomp.spectral import (
     SpectralConfig,
     Spectrum,
@@ -38,7 +44,6 @@ from mechdiff.weightdecomp.spectral import (
     structured_score,
 )
 
-NATIVE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Machine epsilon (spacing of representable numbers at 1) of the stored dtypes.
 DTYPE_EPS = {"F64": 2.0**-52, "F32": 2.0**-23, "F16": 2.0**-10, "BF16": 2.0**-7, "F8_E4M3": 2.0**-3,
              "F8_E5M2": 2.0**-2, "F8_E4M3FNUZ": 2.0**-3, "F8_E5M2FNUZ": 2.0**-2}
@@ -73,6 +78,14 @@ class DiffConfig:
     matrices do not, and nothing of a 1B model does (its largest, 250 MB, keeps its speed)."""
     block_mb: float = 64.0
     """Float32 size in MiB of one row block of a streamed matrix."""
+    read_ahead: bool | None = None
+    """Read the next tensor pair in a thread (into pinned buffers, then onto the GPU) while
+    the current one is analyzed. None: on where spectra run on CUDA. Off on the CPU: on 2
+    cores reading beside the analysis made the 1B diff slower (the copy competes with it)."""
+    device_statistics: bool | None = None
+    """Fused statistics, head screens and intruder counts with torch ops on the spectra's
+    device (`kernels.delta_torch`) instead of the host's numba loop. None: on for CUDA,
+    where copying D back to the host cost more than the statistics."""
 
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -82,6 +95,15 @@ class DiffConfig:
                 raise ValueError(f"{name} must be >= 0")
         if not self.block_mb > 0:
             raise ValueError("block_mb must be > 0")
+        for name in ("read_ahead", "device_statistics"):
+            if getattr(self, name) not in (None, True, False):
+                raise ValueError(f"{name} must be true, false or null, got {getattr(self, name)!r}")
+
+    def on_device(self, device: torch.device) -> tuple[bool, bool]:
+        """(read ahead, statistics on the device) for spectra on `device`."""
+        cuda = device.type == "cuda"
+        return (cuda if self.read_ahead is None else self.read_ahead,
+                cuda if self.device_statistics is None else self.device_statistics)
 
     def resolved_device(self, local_rank: int = 0) -> torch.device:
         """The torch device spectra run on (one GPU per rank under torchrun)."""
@@ -125,20 +147,16 @@ def diff_sources(
     device = config.resolved_device(ctx.local_rank)
     readout = _readout_matrices(base, pairing, _mib(config.stream_above_mb))
     mine = shard_by_size([p.numel for p in pairing.pairs], ctx.world)[ctx.rank]
-    local, workspace, reader = [], DeltaWorkspace(), PairReader(base, ft)
-    for index in mine:
-        pair = pairing.pairs[index]
-        if _streams(base, ft, pair, config):
-            item = _analyze_streamed(base, ft, pair, readout, config, device)
-        else:
-            b, f = reader.read(pair)
-            item = _analyze_pair(b, f, pair, pairing.layout, readout, config, device, workspace)
-        local.append((index, item))
-        if progress:
-            progress(pair)
+    ahead, on_device = config.on_device(device)
+    workspace = DeltaWorkspace(device if on_device else None)
+    stream = PairStream(base, ft, [pairing.pairs[i] for i in mine], lambda p: _streams(base, ft, p, config),
+                        device if on_device else None, ahead)
+    with stream:
+        local = [(index, _analyze_read(read, base, ft, pairing.layout, readout, config, device, workspace, progress))
+                 for index, read in zip(mine, stream, strict=True)]
     readout.flush()  # the readouts through streamed tables: one pass over each for all changes
-    read = [pairing.pairs[i] for i in mine]
-    digests = (known_digests(base, [p.base_name for p in read]), known_digests(ft, [p.ft_name for p in read]))
+    done = [pairing.pairs[i] for i in mine]
+    digests = (known_digests(base, [p.base_name for p in done]), known_digests(ft, [p.ft_name for p in done]))
     gathered = gather_to_main(ctx, (local, digests))
     if gathered is None:
         return None
@@ -147,7 +165,19 @@ def diff_sources(
         remember_digests(ft, ft_digests)
     ranked = sorted((x for rank_items, _ in gathered for x in rank_items), key=lambda x: x[0])
     analyzed = [item for _, item in ranked]
-    return _assemble(base, ft, pairing, analyzed, config, reader, workspace)
+    return _assemble(base, ft, pairing, analyzed, config, stream.reader, workspace)
+
+
+def _analyze_read(read: ReadPair, base: TensorSource, ft: TensorSource, layout: Layout, readout: ReadoutMatrices,
+                  config: DiffConfig, device: torch.device, workspace: DeltaWorkspace,
+                  progress: Callable[[TensorPair], None] | None) -> tuple[TensorChange, list, list[str]]:
+    if read.tensors is None:  # a pair too large to hold: it reads itself in row blocks
+        item = _analyze_streamed(base, ft, read.pair, readout, config, device, workspace.device is not None)
+    else:
+        item = _analyze_pair(*read.tensors, read.pair, layout, readout, config, device, workspace)
+    if progress:
+        progress(read.pair)
+    return item
 
 
 def _assemble(base: TensorSource, ft: TensorSource, pairing: Pairing, analyzed: list, config: DiffConfig,
@@ -159,7 +189,7 @@ def _assemble(base: TensorSource, ft: TensorSource, pairing: Pairing, analyzed: 
         for (part, layer, head, kind), spec in pair_heads:
             heads.setdefault((layer, head, kind), HeadChange(layer, head, kind)).add(part, *spec)
         warnings += _nonfinite_warnings(change)
-    _count_intruders(reader, pairing, changes, config, (workspace, DeltaWorkspace()))
+    _count_intruders(reader, pairing, changes, config, (workspace, DeltaWorkspace(workspace.device)))
     _set_resolutions(base, ft, pairing, changes)
     warnings += [f"{r['tensor']} was resized {r['base_shape']} -> {r['ft_shape']}; shared rows compared"
                  for r in pairing.reshaped]
@@ -189,74 +219,6 @@ def _config_json(config: DiffConfig) -> dict:
     return dataclasses.asdict(config)
 
 
-class PairReader:
-    """Reads pairs into two reused buffers (base, ft), grown to the largest tensor.
-
-    Why: a fresh buffer per tensor faults in every page again (the allocator returns
-    large blocks to the OS); reading a 46 MB tensor into a reused buffer took 2.4 ms, into
-    a fresh one 4.2-5.5 ms. A pair's tensors are views of the buffers, valid until the
-    next `read`. The ft tensor is read in a second thread while this one reads the base:
-    all reads of the 1B pair took 0.46 s instead of 0.69 s. (Reading one pair ahead, beside
-    the analysis, made the 1B diff slower on 2 cores: the copy competes with the kernels.)
-    """
-
-    def __init__(self, base: TensorSource, ft: TensorSource) -> None:
-        self.base, self.ft = base, ft
-        self._buffers = [np.empty(0, np.uint8), np.empty(0, np.uint8)]
-        self._pool: ThreadPoolExecutor | None = None
-
-    def read(self, pair: TensorPair) -> tuple[torch.Tensor, torch.Tensor]:
-        """The pair's base and ft tensors (see `_matched`), as views of the buffers."""
-        for side, (source, name) in enumerate(((self.base, pair.base_name), (self.ft, pair.ft_name))):
-            self._buffers[side] = _grown(self._buffers[side], source, name, pair.rows)
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix="mechdiff-read")
-        # the ft read runs beside the base read (file reads release the GIL): nothing else
-        # runs during the reads, so the second core copies instead of waiting
-        ft_read = self._pool.submit(_read_and_hash, self.ft, pair.ft_name, self._buffers[1], pair.rows)
-        try:
-            b = _read_and_hash(self.base, pair.base_name, self._buffers[0], pair.rows)
-        finally:
-            f = ft_read.result()
-        if pair.rows is not None:  # one expert of a fused tensor: drop the expert axis
-            b, f = b[0], f[0]
-        return _matched(b, f, pair)
-
-
-def _read_and_hash(source: TensorSource, name: str, buffer: np.ndarray, rows: slice | None) -> torch.Tensor:
-    """Read a tensor and take its bytes' digest for the source's fingerprint, in the reading thread.
-
-    Why here: the bytes are in cache right after the read, and the two reading threads
-    hash base and ft side by side (hashlib releases the GIL). One expert's slice of a
-    fused tensor is not the whole tensor: the fingerprint reads those tensors itself.
-    """
-    tensor = read_tensor(source, name, buffer, rows)
-    if rows is None:
-        note_read(source, name, tensor)
-    return tensor
-
-
-def _grown(buffer: np.ndarray, source: TensorSource, name: str, rows: slice | None = None) -> np.ndarray:
-    meta = source.meta(name)
-    dtype = TORCH_DTYPES.get(meta.dtype)
-    if dtype is None or not hasattr(source, "get_into"):
-        return buffer
-    shape = meta.shape if rows is None or not meta.shape else (len(range(*rows.indices(meta.shape[0]))), *meta.shape[1:])
-    need = math.prod(shape) * dtype.itemsize
-    # uninitialized: the read overwrites it (a zero-filled bytearray cost a pass of its own)
-    return buffer if len(buffer) >= need else np.empty(need, np.uint8)
-
-
-def _matched(b: torch.Tensor, f: torch.Tensor, pair: TensorPair) -> tuple[torch.Tensor, torch.Tensor]:
-    """The compared parts of a pair: shared rows after a vocabulary resize, one native dtype."""
-    if b.shape != f.shape:  # vocabulary resize: compare the shared rows
-        rows = pair.shared_rows
-        b, f = b[:rows], f[:rows]
-    if b.dtype not in NATIVE_DTYPES or f.dtype not in NATIVE_DTYPES or b.dtype != f.dtype:
-        b, f = b.float(), f.float()
-    return b, f
-
-
 class DeltaWorkspace:
     """One float32 buffer that every pair's D is written into, grown to the largest tensor.
 
@@ -265,15 +227,17 @@ class DeltaWorkspace:
     the 1B benchmark). Nothing may keep a view of the buffer past its pair's analysis.
     """
 
-    def __init__(self) -> None:
-        self._buffer = torch.empty(0)
+    def __init__(self, device: torch.device | None = None) -> None:
+        self.device = device
+        """Where the buffer lives (None: the host, and the numba statistics fill it)."""
+        self._buffer = torch.empty(0, device=device)
 
     def take(self, shape: torch.Size) -> torch.Tensor:
         """A contiguous float32 tensor of `shape` over the buffer (contents undefined)."""
         n = math.prod(shape)
         if self._buffer.numel() < n:
             self._buffer = torch.empty(0)  # free the old buffer before allocating the new one
-            self._buffer = torch.empty(n)
+            self._buffer = torch.empty(n, device=self.device)
         return self._buffer[:n].view(shape)
 
 
@@ -286,7 +250,10 @@ def _analyze_pair(
     readout: ReadoutMatrices, config: DiffConfig, device: torch.device, workspace: DeltaWorkspace,
 ) -> tuple[TensorChange, list, list[str]]:
     stored = workspace.take(b.shape) if _is_matrix(b) else None  # D in storage order, same pass
-    stats = delta_stats(b, f, n_bins=config.n_bins, out=stored)
+    if workspace.device is None:
+        stats = delta_stats(b, f, n_bins=config.n_bins, out=stored)
+    else:  # b, f and D on the device: no copy back for the host loop
+        stats = delta_stats_torch(b, f, config.n_bins, out=stored)
     del f
     change = _change_from_stats(pair, stats)
     if stored is None or stats.sum_d2 == 0.0:
@@ -297,8 +264,8 @@ def _analyze_pair(
     moved = readout.moved_rows(delta, config.readout_tokens) if pair.info.kind in ("embed", "unembed") else []
     if pair.info.kind == "router" and readout.embed is not None:
         top_k = layout.geometry.experts_per_token if layout.geometry else 1
-        change.routing = routing_change(readout.embed, _oriented(b, pair.info), delta, top_k, readout.vocab,
-                                        config.readout_tokens)
+        change.routing = routing_change(readout.embed, _oriented(b, pair.info).cpu(), delta.cpu(), top_k,
+                                        readout.vocab, config.readout_tokens)
     heads = _head_changes(pair.info, delta, _oriented(b, pair.info), layout.geometry, config, device) if config.heads else []
     return change, heads, moved
 
@@ -312,22 +279,36 @@ def _streams(base: TensorSource, ft: TensorSource, pair: TensorPair, config: Dif
 
 
 def _analyze_streamed(base: TensorSource, ft: TensorSource, pair: TensorPair, readout: ReadoutMatrices,
-                      config: DiffConfig, device: torch.device) -> tuple[TensorChange, list, list[str]]:
-    """`_analyze_pair` for a large plain matrix, in row blocks (see streamed.py): no heads, no router."""
+                      config: DiffConfig, device: torch.device, on_device: bool) -> tuple[TensorChange, list, list[str]]:
+    """`_analyze_pair` for a large plain matrix, in row blocks (see streamed.py): no heads, no router.
+
+    With statistics on a GPU that has room for D, D is gathered there block by block (the
+    host still holds one block) and the spectrum runs on it whole.
+    """
     streamed = StreamedPair(base, ft, pair, _mib(config.block_mb))
     try:
         embedding = pair.info.kind in ("embed", "unembed")
-        stats, row_norms = streamed.statistics(config.n_bins, row_norms=embedding)
+        whole = torch.empty(streamed.shape, device=device) if on_device and _fits(device, streamed.shape) else None
+        stats, row_norms = streamed.statistics(config.n_bins, row_norms=embedding, on=whole)
         change = _change_from_stats(pair, stats)
         if stats.sum_d2 == 0.0:
             return change, [], []
-        spectrum = analyze_delta(streamed.delta(device), base_norm=stats.norm_base, config=config.spectral,
-                                 frob2=stats.sum_d2)
+        delta = whole if whole is not None else streamed.delta(device)
+        spectrum = analyze_delta(delta, base_norm=stats.norm_base, config=config.spectral, frob2=stats.sum_d2)
     finally:
         streamed.close()
     _fill_spectral(change, spectrum, readout, pair.info.kind, config)
     moved = readout.moved_from_norms(row_norms, config.readout_tokens) if embedding else []
     return change, [], moved
+
+
+def _fits(device: torch.device, shape: tuple[int, int]) -> bool:
+    """Whether a float32 matrix of `shape` takes under a quarter of the GPU's free memory
+    (the sketch's bases and the next pair's tensors need room beside it)."""
+    if device.type != "cuda":
+        return False  # on the host, streaming is what keeps memory O(block)
+    free, _ = torch.cuda.mem_get_info(device)
+    return 4 * math.prod(shape) * 4 < free
 
 
 def _change_from_stats(pair: TensorPair, stats: DeltaStats) -> TensorChange:

@@ -23,6 +23,7 @@ from mechdiff.checkpoint.fingerprint import remember_digests
 from mechdiff.checkpoint.pairing import TensorPair
 from mechdiff.checkpoint.sources import TORCH_DTYPES, TensorSource, read_tensor
 from mechdiff.kernels import DeltaStats, delta_stats
+from mechdiff.kernels.delta_torch import delta_stats_torch
 from mechdiff.weightdecomp.spectral.blocked import SIGN_WORD, RowBlockMatrix
 
 _NATIVE = (torch.float32, torch.float16, torch.bfloat16)
@@ -93,18 +94,28 @@ class StreamedPair:
             self._out = torch.empty(self.block_rows * self.shape[1])
         return self._out[: rows * self.shape[1]].view(rows, self.shape[1])
 
-    def statistics(self, n_bins: int, row_norms: bool) -> tuple[DeltaStats, torch.Tensor | None]:
+    def statistics(self, n_bins: int, row_norms: bool,
+                   on: torch.Tensor | None = None) -> tuple[DeltaStats, torch.Tensor | None]:
         """The fused statistics over all blocks, and each row's ||D_row|| when asked.
 
         The bytes' digests go to the fingerprint as they pass (when the whole tensor is read).
+        With `on` (a float32 tensor of `shape`, on a GPU with room for it), each block is
+        moved there and its statistics run in torch ops, leaving all of D in `on`: the host
+        holds one block, the spectrum then reads D from device memory instead of forming
+        it from the checkpoints again for every product of the sketch.
         """
-        stats, norms = None, torch.empty(self.shape[0]) if row_norms else None
+        stats = None
+        norms = torch.empty(self.shape[0], device=None if on is None else on.device) if row_norms else None
         digests = [hashlib.sha256(), hashlib.sha256()]
         for start in range(0, self.shape[0], self.block_rows):
             stop = min(start + self.block_rows, self.shape[0])
             b, f = self.read(start, stop, digests)
-            out = self._block_out(stop - start)
-            block = delta_stats(b, f, n_bins=n_bins, out=out)
+            if on is None:
+                out = self._block_out(stop - start)
+                block = delta_stats(b, f, n_bins=n_bins, out=out)
+            else:
+                out = on[start:stop]
+                block = delta_stats_torch(b.to(on.device), f.to(on.device), n_bins, out=out)
             stats = block if stats is None else stats.combine(block)
             if norms is not None:
                 norms[start:stop] = torch.linalg.vector_norm(out, dim=1)
