@@ -21,12 +21,7 @@ WORDS = ["ka", "lo", "mi", "nu", "pe", "ra", "so", "tu"]
 TEXTS = ["ka lo mi nu", "pe ra", "so tu ka lo mi nu pe ra so", "mi"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _tokenizer(words: list[str] = WORDS):

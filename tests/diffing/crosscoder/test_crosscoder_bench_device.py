@@ -17,13 +17,7 @@ sys.path.insert(0, str(BENCH_DIR))
 import bench_crosscoder
 from harness import validate_row
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_tiny_rows_on_the_cpu_cover_every_precision_with_equal_fve() -> None:

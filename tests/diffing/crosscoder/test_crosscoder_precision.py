@@ -33,12 +33,7 @@ MATMUL = torch.backends.cuda.matmul
 NEW_API = hasattr(MATMUL, "fp32_precision")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _mode() -> str:

@@ -22,13 +22,7 @@ from mechdiff.diffing.crosscoder.train import (
 from mechdiff.errors import InputError
 from mechdiff.training import Checkpointing, latest_checkpoint
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_config_rejects_bad_values_and_unknown_keys() -> None:
