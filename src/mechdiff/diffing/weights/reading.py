@@ -47,10 +47,9 @@ class PairReader:
 
     def reserve(self, pairs: list[TensorPair]) -> None:
         """Grow both buffers once to the largest of `pairs` (pinned memory is slow to allocate)."""
-        for side, source, names in ((0, self.base, [p.base_name for p in pairs]), (1, self.ft, [p.ft_name for p in pairs])):
-            need = max((_nbytes(source, name, p.rows) for name, p in zip(names, pairs, strict=True)), default=0)
-            if len(self._buffers[side]) < need:
-                self._buffers[side] = _host_bytes(need, self.pinned)
+        for side, source in enumerate((self.base, self.ft)):
+            need = max((_nbytes(source, (p.base_name, p.ft_name)[side], p.rows) for p in pairs), default=0)
+            self._buffers[side] = _grown_to(self._buffers[side], need, self.pinned)
 
     def close(self) -> None:
         """End the ft-reading thread (a later `read` starts another)."""
@@ -91,7 +90,10 @@ def _read_and_hash(source: TensorSource, name: str, buffer: np.ndarray, rows: sl
 
 def _grown(buffer: np.ndarray, source: TensorSource, name: str, rows: slice | None = None,
            pinned: bool = False) -> np.ndarray:
-    need = _nbytes(source, name, rows)
+    return _grown_to(buffer, _nbytes(source, name, rows), pinned)
+
+
+def _grown_to(buffer: np.ndarray, need: int, pinned: bool) -> np.ndarray:
     # uninitialized: the read overwrites it (a zero-filled bytearray cost a pass of its own)
     return buffer if len(buffer) >= need else _host_bytes(need, pinned)
 
@@ -120,8 +122,6 @@ def _matched(b: torch.Tensor, f: torch.Tensor, pair: TensorPair) -> tuple[torch.
     if b.dtype not in NATIVE_DTYPES or f.dtype not in NATIVE_DTYPES or b.dtype != f.dtype:
         b, f = b.float(), f.float()
     return b, f
-
-
 
 
 @dataclass
