@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# Every process the tests start (the CLI, torchrun ranks) inherits one OpenMP thread too.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
@@ -13,10 +18,11 @@ def toy_backdoor(tmp_path_factory):
     return build_pair(tmp_path_factory.mktemp("toy") / "backdoor", variant="backdoor", progress=False)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session", autouse=True)
 def one_torch_thread():
-    """Run tiny models on one torch thread: on the shared 2-core test machine two threads ran the
-    architecture lens tests 20-30x slower than one (each op waits for a thread on a busy core)."""
+    """Run the suite on one torch thread. On the shared 2-core test machine, with other work keeping
+    both cores busy, two OpenMP threads made tiny-model tests 8-30x slower than one (each op waits
+    at a barrier for a thread whose core is taken); the whole suite took ~55 min instead of ~8."""
     import torch
 
     threads = torch.get_num_threads()

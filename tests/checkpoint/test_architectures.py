@@ -202,7 +202,7 @@ def test_planted_head_and_expert_come_first(planted_pair):
         assert all(c.expert is None for c in result.changes if ".experts." not in c.tensor)
 
 
-def test_behaviour_lens_reads_the_planted_pair(planted_pair, one_torch_thread):
+def test_behaviour_lens_reads_the_planted_pair(planted_pair):
     """KL is counted at every real position of padded, truncated documents, matches the KL of each
     document run alone (no padding), is exactly 0 against an identical copy and positive for the edit."""
     base, tokenizer = load_causal_lm(planted_pair.base, progress=False)
@@ -232,7 +232,7 @@ def _kl_one_document_at_a_time(base: torch.nn.Module, ft: torch.nn.Module, docs:
     return total
 
 
-def test_crosscoder_trains_on_the_planted_pair(planted_pair, one_torch_thread, tmp_path):
+def test_crosscoder_trains_on_the_planted_pair(planted_pair, tmp_path):
     """50 steps on the middle block's output, the path `mechdiff crosscoder` takes: loss falls, all finite."""
     data = tmp_path / "data.txt"
     data.write_text("\n".join(TEXTS) + "\n")

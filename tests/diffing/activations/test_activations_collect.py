@@ -21,7 +21,6 @@ WORDS = ["ka", "lo", "mi", "nu", "pe", "ra", "so", "tu"]
 TEXTS = ["ka lo mi nu", "pe ra", "so tu ka lo mi nu pe ra so", "mi"]
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _tokenizer(words: list[str] = WORDS):

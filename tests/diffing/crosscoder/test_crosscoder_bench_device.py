@@ -17,8 +17,6 @@ sys.path.insert(0, str(BENCH_DIR))
 import bench_crosscoder
 from harness import validate_row
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 
 def test_tiny_rows_on_the_cpu_cover_every_precision_with_equal_fve() -> None:
     size = bench_crosscoder.TrainSizes(d=8, dict_size=32, k=2, batch=32, steps=2)

@@ -33,7 +33,6 @@ MATMUL = torch.backends.cuda.matmul
 NEW_API = hasattr(MATMUL, "fp32_precision")
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _mode() -> str:

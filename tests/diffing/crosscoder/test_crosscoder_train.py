@@ -22,8 +22,6 @@ from mechdiff.diffing.crosscoder.train import (
 from mechdiff.errors import InputError
 from mechdiff.training import Checkpointing, latest_checkpoint
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 
 def test_config_rejects_bad_values_and_unknown_keys() -> None:
     with pytest.raises(ValueError, match="sparsity"):
