@@ -8,7 +8,8 @@ times both with the device synchronized after each call (median of `REPEAT`).
 Rows:
 - gpu/delta_stats: fused statistics vs the torch sequence; and vs a device-to-device copy
   of the same input bytes (ratio = fraction of copy bandwidth reached; GB/s count the input
-  bytes read on both sides, writes not counted).
+  bytes read on both sides, writes not counted); and vs `delta_stats_torch`, the torch
+  statistics the weight diff runs on a GPU today (which of the two the diff should call).
 - gpu/sparse_decode: CSR decode forward+backward vs the faster of torch embedding_bag and
   dense f @ W_dec with autograd (see bench_kernels.decode_contenders).
 - gpu/topn: per-latent heaps vs sorting each chunk (with the kept state) by latent.
@@ -42,6 +43,7 @@ from mechdiff.kernels import (
     delta_stats_reference,
     scaling,
 )
+from mechdiff.kernels.delta_torch import delta_stats_torch
 
 REPEAT = 10
 
@@ -89,12 +91,9 @@ def bench_delta_stats(sizes: GpuSizes, device: str = "cuda") -> list[dict]:
     base = torch.randn(n, device=device, generator=gen).bfloat16()
     ft = (base.float() + 1e-3 * torch.randn(n, device=device, generator=gen)).bfloat16()
     base[::1009], ft[7::2003] = math.nan, math.inf  # the non-finite paths are part of the work
-    got, want = delta_stats(base, ft), delta_stats_reference(base, ft, 64)
-    exact = all(getattr(got, k) == getattr(want, k) for k in
-                ("n", "nan_base", "inf_base", "nan_ft", "inf_ft", "n_excluded", "n_zero"))
-    exact &= bool(np.array_equal(got.hist, want.hist)) and got.max_abs_d == want.max_abs_d
-    err = max(abs(getattr(got, k) / getattr(want, k) - 1) for k in
-              ("sum_b2", "sum_f2", "sum_bf", "sum_d2"))
+    want = delta_stats_reference(base, ft, 64)
+    exact, err = _compare_stats(delta_stats(base, ft), want)
+    torch_exact, torch_err = _compare_stats(delta_stats_torch(base, ft, 64), want)
 
     dst = [torch.empty_like(base), torch.empty_like(ft)]
 
@@ -105,13 +104,26 @@ def bench_delta_stats(sizes: GpuSizes, device: str = "cuda") -> list[dict]:
     torch_s = time_call(synced(lambda: torch_delta_sequence(base, ft), device), repeat=REPEAT, warmup=2)
     ours_s, copy_s = time_alternating([synced(lambda: delta_stats(base, ft), device),
                                        synced(copy, device)], repeat=REPEAT, warmup=2)
+    torch_path_s = time_call(synced(lambda: delta_stats_torch(base, ft, 64), device), repeat=REPEAT, warmup=2)
     gbytes = 2 * base.numel() * base.element_size() / 1e9
     name, card = f"gpu/delta_stats/bf16/{n >> 20}M", _device_name(device)
     check = {"agrees": exact and err < 1e-9, "max_rel_err_sums": err}
     return [make_row(name, "torch sequence on the GPU", torch_s, ours_s, device=card, **check),
             make_row(f"{name}/bandwidth", "device copy of the input bytes", copy_s, ours_s,
                      device=card, ours_GBps=gbytes / ours_s, copy_GBps=gbytes / copy_s,
-                     bytes_counted=BYTES_COUNTED)]
+                     bytes_counted=BYTES_COUNTED),
+            make_row(f"{name}/diff_device_path", "delta_stats_torch, which the diff calls on a GPU today",
+                     torch_path_s, ours_s, device=card, agrees=exact and torch_exact and torch_err < 1e-9,
+                     max_rel_err_sums=max(err, torch_err))]
+
+
+def _compare_stats(got, want) -> tuple[bool, float]:
+    """(counts, histogram and max |d| identical; largest relative error of the four sums)."""
+    exact = all(getattr(got, k) == getattr(want, k) for k in
+                ("n", "nan_base", "inf_base", "nan_ft", "inf_ft", "n_excluded", "n_zero"))
+    exact &= bool(np.array_equal(got.hist, want.hist)) and got.max_abs_d == want.max_abs_d
+    err = max(abs(getattr(got, k) / getattr(want, k) - 1) for k in ("sum_b2", "sum_f2", "sum_bf", "sum_d2"))
+    return exact, err
 
 
 def bench_sparse_decode(sizes: GpuSizes, device: str = "cuda") -> dict:

@@ -134,6 +134,6 @@ def test_gpu_rows_check_each_kernel_against_its_reference_under_the_simulator():
                           capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
     rows = dict(json.loads(done.stdout.splitlines()[-1]))
-    assert len(rows) == 5
+    assert len(rows) == 6
     assert all(agrees is not False for agrees in rows.values())
-    assert sum(agrees is True for agrees in rows.values()) == 4  # the bandwidth row has none
+    assert sum(agrees is True for agrees in rows.values()) == 5  # the bandwidth row has none
