@@ -115,6 +115,33 @@ def low_rank(shape: tuple[int, int], rank: int, norm: float, seed: int = 2) -> t
     return (u @ v.T) * (norm / rank ** 0.5)
 
 
+LLAMA_DOWN = "model.layers.1.mlp.down_proj.weight"
+LLAMA_Q0 = "model.layers.0.self_attn.q_proj.weight"
+
+
+def planted_llama(*, down_rel: float = 0.01, head_rel: float = 0.02, d: int = 64, ffn: int = 128, n_heads: int = 4,
+                  n_kv: int = 2, head_dim: int = 16) -> tuple[dict, dict, dict]:
+    """(base state, fine-tuned state, config) of a Llama pair with planted mechanisms over diffuse drift.
+
+    Every tensor drifts by 1-3% of its norm; LLAMA_DOWN gets a rank-1 edit of norm down_rel * ||W||;
+    head 2 of LLAMA_Q0 gets a rank-2 edit of norm head_rel * ||W|| confined to its rows.
+    """
+    import numpy as np
+
+    state = llama_state(0, d=d, ffn=ffn, n_heads=n_heads, n_kv=n_kv, head_dim=head_dim)
+    rng = np.random.default_rng(5)
+    ft = drift(state, {name: float(rng.uniform(0.01, 0.03)) for name in state})
+    ft[LLAMA_DOWN] = ft[LLAMA_DOWN] + low_rank(tuple(state[LLAMA_DOWN].shape), 1,
+                                               down_rel * float(state[LLAMA_DOWN].norm()))
+    q = state[LLAMA_Q0]
+    head_edit = torch.zeros_like(q)
+    head_edit[2 * head_dim:3 * head_dim] = low_rank((head_dim, q.shape[1]), 2, head_rel * float(q.norm()), seed=9)
+    ft[LLAMA_Q0] = ft[LLAMA_Q0] + head_edit
+    config = {**LLAMA_CONFIG, "hidden_size": d, "num_attention_heads": n_heads, "num_key_value_heads": n_kv,
+              "head_dim": head_dim, "intermediate_size": ffn}
+    return state, ft, config
+
+
 def tiny_gpt2_lm(folder: Path, *, n_positions: int = 16, n_words: int = 400) -> Path:
     """A runnable 1-block GPT-2 (width 8) with a word-level tokenizer and ``data.txt`` of ``n_words`` seeded words."""
     import numpy as np

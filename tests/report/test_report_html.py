@@ -10,8 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-import torch
-from ckpt_builders import LLAMA_CONFIG, drift, llama_state, low_rank, save_folder
+from ckpt_builders import LLAMA_DOWN, LLAMA_Q0, planted_llama, save_folder
 
 from mechdiff.api import diff_checkpoints
 from mechdiff.diffing.audit.findings import Finding, link_and_rank
@@ -23,22 +22,15 @@ from mechdiff.report.html_weights import detection_cut
 from mechdiff.results import open_results
 from mechdiff.store import ResultsWriter
 
-DOWN = "model.layers.1.mlp.down_proj.weight"
-Q0 = "model.layers.0.self_attn.q_proj.weight"
+DOWN, Q0 = LLAMA_DOWN, LLAMA_Q0
 HOSTILE = '<script>alert("x")</script> & \'q\''
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if shutil.os.path.exists("/usr/bin/chromium") else None)
 
 
 def _planted_pair(tmp_path):
     """Tiny Llama pair: a rank-1 edit of down_proj and a rank-2 edit in head 2 of q_proj over 1-3% drift."""
-    state = llama_state(0)
-    rng = np.random.default_rng(5)
-    ft = drift(state, {name: float(rng.uniform(0.01, 0.03)) for name in state})
-    ft[DOWN] = ft[DOWN] + low_rank(tuple(state[DOWN].shape), 1, 0.01 * float(state[DOWN].norm()))
-    head_edit = torch.zeros_like(state[Q0])
-    head_edit[32:48] = low_rank((16, 64), 2, 0.02 * float(state[Q0].norm()), seed=9)
-    ft[Q0] = ft[Q0] + head_edit
-    return save_folder(tmp_path / "base", state, LLAMA_CONFIG), save_folder(tmp_path / "ft", ft, LLAMA_CONFIG)
+    state, ft, cfg = planted_llama()
+    return save_folder(tmp_path / "base", state, cfg), save_folder(tmp_path / "ft", ft, cfg)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from ckpt_builders import LLAMA_CONFIG, drift, llama_state, low_rank, save_folder
+from ckpt_builders import LLAMA_DOWN, LLAMA_Q0, planted_llama, save_folder
 from click.testing import CliRunner
 
 from mechdiff.api import diff_checkpoints
@@ -20,8 +20,7 @@ from mechdiff.cli import main
 from mechdiff.diffing.weights import diff as diff_module
 from mechdiff.diffing.weights.diff import DiffConfig
 
-DOWN = "model.layers.1.mlp.down_proj.weight"
-Q0 = "model.layers.0.self_attn.q_proj.weight"
+DOWN, Q0 = LLAMA_DOWN, LLAMA_Q0
 # embeddings (100 x 64 float32 = 25 KB) above this stream in row blocks: those pairs skip the read-ahead
 STREAM_SMALL = {"stream_above_mb": 0.02, "block_mb": 0.005}
 
@@ -30,15 +29,9 @@ STREAM_SMALL = {"stream_above_mb": 0.02, "block_mb": 0.005}
 def planted(tmp_path_factory):
     """A llama pair with 1-3% drift, a rank-1 edit of one MLP matrix and a rank-2 edit of one q head."""
     tmp = tmp_path_factory.mktemp("planted")
-    state = llama_state(0)
-    rng = np.random.default_rng(5)
-    ft = drift(state, {name: float(rng.uniform(0.01, 0.03)) for name in state})
-    ft[DOWN] = ft[DOWN] + low_rank(tuple(state[DOWN].shape), 1, 0.02 * float(state[DOWN].norm()))
-    edit = torch.zeros_like(state[Q0])
-    edit[32:48] = low_rank((16, 64), 2, 0.03 * float(state[Q0].norm()), seed=9)
-    ft[Q0] = ft[Q0] + edit
+    state, ft, cfg = planted_llama(down_rel=0.02, head_rel=0.03)
     ft["model.layers.0.mlp.up_proj.weight"][3, 5] = float("nan")  # a non-finite value on the way
-    return save_folder(tmp / "base", state, LLAMA_CONFIG), save_folder(tmp / "ft", ft, LLAMA_CONFIG)
+    return save_folder(tmp / "base", state, cfg), save_folder(tmp / "ft", ft, cfg)
 
 
 def _run(planted, tmp_path, name: str, **config) -> tuple[object, h5py.File]:

@@ -10,10 +10,13 @@ import torch
 from ckpt_builders import (
     GPT2_CONFIG,
     LLAMA_CONFIG,
+    LLAMA_DOWN,
+    LLAMA_Q0,
     drift,
     gpt2_state,
     llama_state,
     low_rank,
+    planted_llama,
     save_folder,
 )
 
@@ -21,30 +24,11 @@ from mechdiff.api import diff_checkpoints
 from mechdiff.diffing.weights.result import load_weight_diff
 from mechdiff.results import open_results
 
-DOWN = "model.layers.1.mlp.down_proj.weight"
-Q0 = "model.layers.0.self_attn.q_proj.weight"
+DOWN, Q0 = LLAMA_DOWN, LLAMA_Q0
 
 
-def _drift_sizes(state, seed=5):
-    rng = np.random.default_rng(seed)
-    return {name: float(rng.uniform(0.01, 0.03)) for name in state}
-
-
-def _head_edit(w, head, head_dim, rel, rank, seed):
-    """A rank-``rank`` edit of Frobenius norm rel * ||w|| confined to one head's rows."""
-    edit = torch.zeros_like(w)
-    rows = slice(head * head_dim, (head + 1) * head_dim)
-    edit[rows] = low_rank((head_dim, w.shape[1]), rank, rel * float(w.norm()), seed=seed)
-    return edit
-
-
-def _planted_pair(tmp_path, *, d=64, ffn=128, n_heads=4, n_kv=2, head_dim=16, head_rel=0.02):
-    state = llama_state(0, d=d, ffn=ffn, n_heads=n_heads, n_kv=n_kv, head_dim=head_dim)
-    ft = drift(state, _drift_sizes(state))
-    ft[DOWN] = ft[DOWN] + low_rank(tuple(state[DOWN].shape), 1, 0.01 * float(state[DOWN].norm()))
-    ft[Q0] = ft[Q0] + _head_edit(state[Q0], 2, head_dim, head_rel, 2, seed=9)
-    cfg = {**LLAMA_CONFIG, "hidden_size": d, "num_attention_heads": n_heads, "num_key_value_heads": n_kv,
-           "head_dim": head_dim, "intermediate_size": ffn}
+def _planted_pair(tmp_path, **sizes):
+    state, ft, cfg = planted_llama(**sizes)
     return save_folder(tmp_path / "base", state, cfg), save_folder(tmp_path / "ft", ft, cfg)
 
 
