@@ -49,7 +49,9 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             with remembered():
                 out = fn(*args, **kwargs)
                 check()  # a Ctrl-C that Python swallowed still ends the command as interrupted
-                return out
+        except SystemExit as exc:  # the command's own verdict (exit 1: findings above the gate)
+            _leave(exc.code if isinstance(exc.code, int) else 1)
+            raise
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise  # click's own usage errors keep exit code 2
         except MechdiffError as exc:
@@ -63,8 +65,18 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                 _fail("interrupted; no results were written", EXIT_INTERRUPTED, debug)
             _fail(f"internal error ({type(exc).__name__}: {exc}); rerun with --debug and report it", EXIT_INPUT,
                   debug)
+        _leave(0)  # under torchrun a finished rank ends here; otherwise this returns
+        return out
 
     return wrapper
+
+
+def _leave(code: int) -> None:
+    """End a finished torchrun rank (see `distributed.leave`); torch is imported only when a command used it."""
+    if "torch.distributed" in sys.modules:
+        from mechdiff.distributed import leave
+
+        leave(code)
 
 
 def _caused_by_interrupt(exc: BaseException | None) -> bool:

@@ -23,7 +23,7 @@ from mechdiff.diffing.activations.cache import PairedActivations, norm_scales
 from mechdiff.diffing.crosscoder.config import CrosscoderConfig
 from mechdiff.diffing.crosscoder.eval import evaluate_crosscoder
 from mechdiff.diffing.crosscoder.train import train_crosscoder
-from mechdiff.distributed import init_from_env
+from mechdiff.distributed import init_from_env, leave
 from mechdiff.training import Checkpointing
 
 N_DOCS, DOC_LEN, D_MODEL, GLOBAL_BATCH = 48, 16, 12, 64
@@ -103,3 +103,4 @@ def main(out: Path, sparsity: str, resume: bool) -> None:
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]), sys.argv[2], sys.argv[3:] == ["resume"])
+    leave()  # as the CLI does: a finished rank exits without C++ teardown
