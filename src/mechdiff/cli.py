@@ -50,7 +50,7 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                 out = fn(*args, **kwargs)
                 check()  # a Ctrl-C that Python swallowed still ends the command as interrupted
         except SystemExit as exc:  # the command's own verdict (exit 1: findings above the gate)
-            _leave(exc.code if isinstance(exc.code, int) else 1)
+            _leave(0 if exc.code is None else exc.code if isinstance(exc.code, int) else 1)  # as sys.exit reads it
             raise
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise  # click's own usage errors keep exit code 2

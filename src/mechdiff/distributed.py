@@ -126,7 +126,7 @@ def leave(code: int = 0) -> None:
 
     Why: a rank that had written correct results still died at exit now and then,
     in gloo/torch C++ teardown (SIGABRT, "terminate called without an active
-    exception"; about 1 in 70 two-rank launches beside two busy loops), which
+    exception"; 1 in 166 two-rank launches beside two busy loops), which
     failed the whole job. The barrier keeps a rank from closing its connections
     while another still talks to it; after it there is nothing left to tear down.
     """
