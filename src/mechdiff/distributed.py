@@ -107,9 +107,10 @@ def _match_numba_threads() -> None:
 def _destroy_group() -> None:
     """Tear the process group down while the interpreter is still whole.
 
+    For exits that do not go through `leave`: a failed command, or a user's own script.
     Why: left to interpreter finalization, gloo's worker threads can release tensors
-    after Python is gone and the process dies of SIGABRT (pytorch/pytorch#179291);
-    under load this failed one rank of a finished, correct run.
+    after Python is gone and the process dies of SIGABRT (pytorch/pytorch#179291).
+    It does not prevent every exit-time abort; a finished rank calls `leave` instead.
     """
     import torch.distributed as dist
 
